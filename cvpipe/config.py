@@ -1,0 +1,235 @@
+"""params.yaml -> typed, validated configuration; the only place params are read.
+
+Every section is a pydantic model with unknown keys forbidden, so a typo (``split.sede``), a wrong type or a
+negative count fails at once with one line naming the key, instead of being silently ignored.
+Each stage reads only its own section; dvc.yaml lists the same keys so DVC reruns a stage exactly when
+a key it reads changes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cvpipe.errors import ConfigError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+SPLITS: tuple[str, str, str] = ("train", "val", "test")
+
+
+class StrictModel(BaseModel):
+    """Base for every params section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(StrictModel):
+    """The built-in synthetic dataset (offline demo and tests), in Kaggle's archive layout."""
+
+    per_class: PositiveInt = 1300
+    seed: int = 0
+    min_side: Annotated[int, Field(ge=32)] = 300
+    max_side: Annotated[int, Field(ge=32)] = 500
+    exact_duplicates: NonNegativeInt = 4
+    near_duplicates: NonNegativeInt = 4
+    corrupt: NonNegativeInt = 3
+
+    @model_validator(mode="after")
+    def _sides_ordered(self) -> SyntheticConfig:
+        if self.min_side > self.max_side:
+            raise ValueError("min_side must not exceed max_side")
+        return self
+
+
+class DataConfig(StrictModel):
+    """The download stage: where the raw archive comes from and how its images are labelled."""
+
+    source: Literal["kaggle", "synthetic", "local"] = "kaggle"
+    competition: str = Field("dogs-vs-cats", min_length=1)
+    member: str = Field("train.zip", min_length=1)
+    path: Path | None = None
+    labels: Literal["filename", "folder"] = "filename"
+    classes: list[str] = Field(default_factory=lambda: ["cat", "dog"], min_length=2)
+    retries: NonNegativeInt = 5
+    backoff_seconds: Annotated[float, Field(ge=0.0)] = 2.0
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_unique_lowercase(cls, value: list[str]) -> list[str]:
+        lowered = [name.strip().lower() for name in value]
+        if any(not name for name in lowered):
+            raise ValueError("class names must not be empty")
+        if len(set(lowered)) != len(lowered):
+            raise ValueError(f"class names must be unique, got {value}")
+        return lowered
+
+    @model_validator(mode="after")
+    def _local_needs_path(self) -> DataConfig:
+        if self.source == "local" and self.path is None:
+            raise ValueError("source 'local' needs data.path (a .zip archive or a folder of images)")
+        return self
+
+
+class IngestConfig(StrictModel):
+    """The ingest stage: what counts as a usable image."""
+
+    max_bytes: PositiveInt = 50_000_000
+    max_pixels: PositiveInt = 50_000_000
+    min_side: PositiveInt = 16
+    max_compression_ratio: Annotated[float, Field(gt=1.0)] = 200.0
+    workers: NonNegativeInt = 0
+
+
+class SplitCounts(StrictModel):
+    """Images per class in each split."""
+
+    train: PositiveInt
+    val: NonNegativeInt
+    test: NonNegativeInt
+
+
+class SplitFractions(StrictModel):
+    """Fractions of each class's images per split; they must add up to 1."""
+
+    train: Fraction
+    val: Fraction
+    test: Fraction
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitFractions:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must add up to 1, got {total:g}")
+        if self.train <= 0:
+            raise ValueError("train must be greater than 0")
+        return self
+
+
+class SplitConfig(StrictModel):
+    """The split stage: stratified, seeded, leak-free."""
+
+    seed: int = 42
+    per_class: SplitCounts | None = SplitCounts(train=1000, val=500, test=1000)
+    fractions: SplitFractions | None = None
+    near_duplicate_threshold: Annotated[int, Field(ge=0, le=64)] = 10
+
+    @model_validator(mode="after")
+    def _one_policy(self) -> SplitConfig:
+        if (self.per_class is None) == (self.fractions is None):
+            raise ValueError("set exactly one of per_class and fractions (the other to null)")
+        return self
+
+
+class ImageConfig(StrictModel):
+    """The decode stage: every image becomes size x size RGB uint8."""
+
+    size: Annotated[int, Field(ge=32, le=1024)] = 180
+    workers: NonNegativeInt = 0
+
+
+class FeaturesConfig(StrictModel):
+    """The features stage: the VGG16 conv base over the decoded cache."""
+
+    weights: str = Field("imagenet", min_length=1)
+    batch_size: PositiveInt = 32
+    dtype: Literal["float32", "float16"] = "float32"
+
+
+class VariantConfig(StrictModel):
+    """One training variant's optimisation settings."""
+
+    epochs: PositiveInt
+    batch_size: PositiveInt = 32
+    optimizer: Literal["rmsprop", "adam", "sgd"] = "rmsprop"
+    learning_rate: Annotated[float, Field(gt=0.0)] = 1e-3
+
+
+class TrainConfig(StrictModel):
+    """The train stages: the seed's five variants, its optimisers, learning rates and epochs."""
+
+    seed: int = 1337
+    deterministic: bool = False
+    scratch: VariantConfig = VariantConfig(epochs=30)
+    scratch_aug: VariantConfig = VariantConfig(epochs=100)
+    feature_extraction: VariantConfig = VariantConfig(epochs=20)
+    feature_extraction_aug: VariantConfig = VariantConfig(epochs=50)
+    fine_tuning: VariantConfig = VariantConfig(epochs=30, learning_rate=1e-5)
+
+
+class EvaluateConfig(StrictModel):
+    """The evaluate stages."""
+
+    batch_size: PositiveInt = 64
+    threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+
+
+class Params(StrictModel):
+    """The whole params.yaml."""
+
+    data: DataConfig = DataConfig()
+    ingest: IngestConfig = IngestConfig()
+    split: SplitConfig = SplitConfig()
+    image: ImageConfig = ImageConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key (check its spelling against params.yaml's documented keys)"
+    more = len(error.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{key}: {message}{suffix}"
+
+
+def parse_params(raw: Any, origin: str = "params") -> Params:
+    """Validate an already-parsed mapping into :class:`Params`.
+
+    Args:
+        raw: the mapping read from YAML (``None`` means all defaults).
+        origin: a name for the source, used in error messages.
+
+    Raises:
+        ConfigError: one line naming the first bad key and what is wrong with it.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"{origin}: {_describe(error)}") from None
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate a params file.
+
+    Args:
+        path: the YAML file, normally the repository's ``params.yaml``.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or has a bad key.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such params file (run from the project root or pass --params)") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax") from None
+    return parse_params(raw, origin=str(path))
