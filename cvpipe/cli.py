@@ -142,6 +142,67 @@ def decode(
 
 
 @app.command()
+def features(
+    images: Annotated[Path, typer.Option(help="The decoded-image cache.")] = Path("data/cache/images"),
+    out: Annotated[Path, typer.Option(help="Output folder (VGG16 feature .npy files).")] = Path("data/cache/vgg16"),
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Features stage: one streaming VGG16 conv-base pass per split over the decoded cache."""
+    import numpy as np
+
+    from cvpipe.features import extract_features
+
+    total = sum(len(np.load(path, mmap_mode="r")) for path in Path(images).glob("*_labels.npy"))
+    with progress_bar("features", total) as advance:
+        extract_features(images, out, _params(params).features, progress=advance)
+
+
+VariantArgument = Annotated[str, typer.Argument(help="scratch | scratch_aug | feature_extraction | "
+                                                     "feature_extraction_aug | fine_tuning")]
+
+
+@app.command()
+def train(
+    variant: VariantArgument,
+    inputs: Annotated[Path, typer.Option(help="Cache folder: decoded images, or VGG16 features.")],
+    model: Annotated[Path, typer.Option(help="The .keras file to write (best epoch by val_loss).")],
+    out: Annotated[Path, typer.Option(help="Folder for history and training curves.")],
+    init: Annotated[Path | None, typer.Option(help="Starting model (fine_tuning).")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Train stage: fit one variant on the train split, keep the best epoch on val."""
+    from cvpipe.modelling import train_stage
+
+    train_stage(variant, _params(params), inputs, model, out, init)
+
+
+@app.command()
+def evaluate(
+    variant: VariantArgument,
+    inputs: Annotated[Path, typer.Option(help="Cache folder the variant was trained on.")],
+    model: Annotated[Path, typer.Option(help="The trained .keras model.")],
+    metrics: Annotated[Path, typer.Option(help="Metrics JSON to write.")],
+    plots: Annotated[Path, typer.Option(help="Folder for confusion and ROC data.")],
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Evaluate stage: test accuracy, loss, per-class precision/recall/F1, ROC AUC, confusion matrix."""
+    from cvpipe.modelling import evaluate_stage
+
+    result = evaluate_stage(_params(params), inputs, model, metrics, plots)
+    log.info("evaluate %s: accuracy %.4f", variant, result["accuracy"])
+
+
+@app.command("metrics")
+def metrics_command(
+    folder: Annotated[Path, typer.Option("--dir", help="Folder of <variant>.json metrics.")] = Path("reports/metrics"),
+) -> None:
+    """Print the variants' test metrics next to the seed's figures (Markdown)."""
+    from cvpipe.report import metrics_table
+
+    typer.echo(metrics_table(folder))
+
+
+@app.command()
 def demo(
     dest: Annotated[Path, typer.Option(help="Scratch workspace for the demo run.")] = Path("demo"),
     project: Annotated[Path, typer.Option(help="The cvpipe checkout (dvc.yaml, params.yaml).")] = Path("."),

@@ -20,6 +20,9 @@ PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
+# The seed's five training variants, in the order the walkthrough trains them (fine_tuning starts from
+# feature_extraction_aug's model). TrainConfig has one section per name.
+VARIANTS: tuple[str, ...] = ("scratch", "scratch_aug", "feature_extraction", "feature_extraction_aug", "fine_tuning")
 
 
 class StrictModel(BaseModel):

@@ -104,11 +104,13 @@ def validate_manifest(manifest: pd.DataFrame, classes: Sequence[str], min_side: 
         failures = _failure_records(error)
     ok = manifest[manifest["status"] == "ok"]
     unknown = ok[~ok["label"].isin(list(classes))]
-    for member, label in zip(unknown["member"], unknown["label"]):
-        failures.append({"column": "label", "check": f"isin({list(classes)})", "failure_case": f"{member}: '{label}'"})
+    for member, label in zip(unknown["member"], unknown["label"], strict=True):
+        case = f"{member}: '{label}'"
+        failures.append({"column": "label", "check": f"isin({list(classes)})", "failure_case": case})
     small = ok[(ok["width"] < min_side) | (ok["height"] < min_side)]
-    for member, width, height in zip(small["member"], small["width"], small["height"]):
-        failures.append({"column": "width/height", "check": f">= {min_side}", "failure_case": f"{member}: {width}x{height}"})
+    for member, width, height in zip(small["member"], small["width"], small["height"], strict=True):
+        case = f"{member}: {width}x{height}"
+        failures.append({"column": "width/height", "check": f">= {min_side}", "failure_case": case})
     return failures
 
 

@@ -27,7 +27,8 @@ def test_user_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("split:\n  sede: 3\n")
     result = run("check", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: params.yaml: split.sede: unknown key (check its spelling against params.yaml's documented keys)"
+    expected = "error: params.yaml: split.sede: unknown key (check its spelling against params.yaml's documented keys)"
+    assert result.stderr.strip() == expected
     (tmp_path / "params.yaml").write_text("split:\n  seed: 3\n")
     missing = run("ingest", "--archive", str(tmp_path / "none.zip"), "--out", str(tmp_path / "m"), cwd=tmp_path)
     assert missing.returncode == 2

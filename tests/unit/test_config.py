@@ -31,7 +31,10 @@ def test_demo_overlay_is_valid() -> None:
     ("raw", "message"),
     [
         ({"split": {"sede": 1}}, "split.sede: unknown key"),
-        ({"split": {"per_class": {"train": -1, "val": 1, "test": 1}}}, "split.per_class.train: Input should be greater than 0"),
+        (
+            {"split": {"per_class": {"train": -1, "val": 1, "test": 1}}},
+            "split.per_class.train: Input should be greater than 0",
+        ),
         ({"split": {"per_class": {"train": 0, "val": 1, "test": 1}}}, "split.per_class.train"),
         ({"image": {"size": "big"}}, "image.size: Input should be a valid integer"),
         ({"data": {"source": "ftp"}}, "data.source: Input should be 'kaggle', 'synthetic' or 'local'"),
@@ -42,7 +45,10 @@ def test_demo_overlay_is_valid() -> None:
             {"split": {"per_class": None, "fractions": {"train": 0.5, "val": 0.2, "test": 0.2}}},
             "split.fractions: train + val + test must add up to 1, got 0.9",
         ),
-        ({"split": {"fractions": {"train": 0.8, "val": 0.1, "test": 0.1}}}, "set exactly one of per_class and fractions"),
+        (
+            {"split": {"fractions": {"train": 0.8, "val": 0.1, "test": 0.1}}},
+            "set exactly one of per_class and fractions",
+        ),
         ({"nonsense": {}}, "nonsense: unknown key"),
         ([1, 2], "expected a mapping"),
     ],

@@ -49,7 +49,8 @@ def manifest_with(count_per_class: int, seed: int = 0) -> pd.DataFrame:
 
 
 def cfg(train: int = 6, val: int = 2, test: int = 2, seed: int = 1, threshold: int = 10) -> SplitConfig:
-    return SplitConfig(seed=seed, per_class=SplitCounts(train=train, val=val, test=test), near_duplicate_threshold=threshold)
+    counts = SplitCounts(train=train, val=val, test=test)
+    return SplitConfig(seed=seed, per_class=counts, near_duplicate_threshold=threshold)
 
 
 def test_near_duplicate_pairs_match_brute_force() -> None:
