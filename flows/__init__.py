@@ -1,0 +1,1 @@
+"""Prefect flows and their entry points: ``python -m flows.pipeline`` (see ``flows.pipeline``)."""

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers that run cvpipe's DVC stages (see ``tasks.dvc_stages``)."""
