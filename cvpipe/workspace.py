@@ -114,5 +114,10 @@ def run_demo(project: Path, dest: Path, overlay_path: Path) -> Path:
     for folder in ("data/raw", "data/manifest", "data/splits", "data/cache", "models", "reports"):
         if (workspace / folder).exists():
             print(f"  {workspace / folder}")
-    print(f"Inspect with: cd {workspace} && dvc dag && dvc status")
+    metrics_dir = workspace / "reports/metrics"
+    if metrics_dir.is_dir():
+        from cvpipe.report import metrics_table
+
+        print(f"\nTest metrics (synthetic data; the seed's column is its Kaggle figure):\n{metrics_table(metrics_dir)}")
+    print(f"\nInspect with: cd {workspace} && dvc dag && dvc metrics show && dvc plots show")
     return workspace
