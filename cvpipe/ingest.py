@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "images.parquet"
 REPORT_NAME = "report.json"
 # Perceptual hashes are computed on a small decode: phash looks at a 32x32 greyscale thumbnail anyway.
-_HASH_DRAFT_SIZE = 64
+HASH_DRAFT_SIZE = 64
 _DEBRIS_NAMES = {"thumbs.db", ".ds_store", "desktop.ini"}
 
 
@@ -136,7 +136,7 @@ def _describe_image(row: Row, data: bytes, settings: Settings) -> Row:
     if getattr(image, "n_frames", 1) > 1:
         return row.quarantine(f"animated image with {image.n_frames} frames")
     try:
-        upright = decode_oriented(data, draft_size=_HASH_DRAFT_SIZE)
+        upright = decode_oriented(data, draft_size=HASH_DRAFT_SIZE)
     except Exception as error:
         return row.quarantine(f"image data does not decode ({type(error).__name__}: {error})"[:200])
     row.phash = str(imagehash.phash(upright))
