@@ -266,6 +266,7 @@ def train_variant(
     mixed_precision: bool | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     workers: int = 1,
+    live: bool = True,
 ) -> dict[str, Any]:
     """Train ``variant`` and save its best epoch (lowest ``val_loss``) to ``out_model``.
 
@@ -285,6 +286,8 @@ def train_variant(
         mixed_precision: None: on exactly when a GPU is present.
         callbacks: extra Keras callbacks (the CLI's progress bar).
         workers: ``PyDataset`` reader threads.
+        live: write dvclive curves; False where dvclive (which imports DVC) is not installed, e.g. the GPU
+            check on a machine that only carries keras.
 
     Returns:
         variant, epochs_run, best_epoch, best_val_loss, best_val_accuracy, seconds, device, backend,
@@ -321,7 +324,9 @@ def train_variant(
         for name, (x, y) in (("train", train), ("val", val))
     }
     started = time.perf_counter()
-    history = _fit(model, variant, settings.epochs, batches["train"], batches["val"], out_model, out_dir, callbacks)
+    history = _fit(
+        model, variant, settings.epochs, batches["train"], batches["val"], out_model, out_dir, callbacks, live
+    )
     seconds = time.perf_counter() - started
 
     summary = _summary(variant, history, seconds, device, policy, model)
@@ -342,6 +347,7 @@ def _fit(
     out_model: Path,
     out_dir: Path,
     extra_callbacks: Sequence[keras.callbacks.Callback],
+    live: bool = True,
 ) -> dict[str, list[float]]:
     """Fit with a best-only checkpoint to a temporary file, renamed over ``out_model`` only on success."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -349,11 +355,12 @@ def _fit(
     # Keras insists on a ".keras" suffix; the leading dot and ".partial" mark it as unfinished.
     partial = out_model.with_name(f".{out_model.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial.keras")
     try:
-        with open_live(out_dir / LIVE_DIR) as live:
+        with open_live(out_dir / LIVE_DIR) if live else contextlib.nullcontext() as curves:
             checkpoint = keras.callbacks.ModelCheckpoint(
                 str(partial), monitor="val_loss", mode="min", save_best_only=True
             )
-            callbacks = [checkpoint, LiveCallback(live), EpochLogger(variant, epochs), *extra_callbacks]
+            logging_callbacks = [LiveCallback(curves)] if live else []
+            callbacks = [checkpoint, *logging_callbacks, EpochLogger(variant, epochs), *extra_callbacks]
             fitted = model.fit(
                 train_batches, validation_data=val_batches, epochs=epochs, callbacks=callbacks,
                 shuffle=False, verbose=0,  # ArrayBatches shuffles, from the seed

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The GPU check on the lent GPU machine (JAX there, no Keras, no internet).
+#
+#   bash bench/gpu/run.sh [gpu_check.py flags]    install what is missing, then run the check (KERAS_BACKEND=jax)
+#   bash bench/gpu/run.sh --install-only           install and check the imports, run nothing
+#
+# Needs bench/gpu/wheels from bench/gpu/prepare.py (carry it). Keras and the rest go into $GPU_CHECK_SITE
+# with pip --target, not a venv: the machine's python3 is itself a venv, and a venv made from it with
+# --system-site-packages would see the base interpreter's packages, not the JAX and CUDA libraries in it.
+# Overridable: PYTHON (python3), GPU_CHECK_WHEELS (bench/gpu/wheels), GPU_CHECK_SITE (/tmp/gpu-check-site).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+PYTHON=${PYTHON:-python3}
+WHEELS=${GPU_CHECK_WHEELS:-bench/gpu/wheels}
+SITE=${GPU_CHECK_SITE:-/tmp/gpu-check-site}
+
+"$PYTHON" bench/gpu/install.py --wheels "$WHEELS" --target "$SITE"
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export KERAS_BACKEND=jax PYTHONUNBUFFERED=1
+
+# Fail here, in one line, rather than minutes later inside the check.
+"$PYTHON" - <<'PY'
+import importlib, sys
+missing = []
+for name in ("numpy", "jax", "h5py", "ml_dtypes", "yaml", "pydantic", "keras", "cvpipe.train", "cvpipe.features",
+             "cvpipe.evaluate"):
+    try:
+        importlib.import_module(name)
+    except Exception as error:  # an ImportError or a version clash surfacing at import
+        missing.append(f"{name} ({type(error).__name__}: {error})")
+if missing:
+    sys.exit("run.sh: cannot import " + "; ".join(missing))
+import jax, keras
+print(f"run.sh: jax {jax.__version__} on {jax.devices()}, keras {keras.__version__} ({keras.backend.backend()})")
+PY
+
+if [[ "${1:-}" == "--install-only" ]]; then
+    exit 0
+fi
+exec "$PYTHON" bench/gpu_check.py "$@"
