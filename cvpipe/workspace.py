@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 # What a workspace needs from the project: the DAG, its params and the code files stages list as deps.
 PROJECT_FILES = ("dvc.yaml", "params.yaml")
 CODE_DIR = "cvpipe"
+# An identity for machines that have none (a fresh CI runner); GIT_AUTHOR_*/GIT_COMMITTER_* still win.
+_GIT_IDENTITY = ("git", "-c", "user.name=cvpipe", "-c", "user.email=cvpipe@localhost")
 
 
 def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
@@ -88,6 +90,9 @@ def prepare_workspace(project: Path, dest: Path, overrides: Mapping[str, Any]) -
     run_tool(["git", "init", "-q"], dest)
     run_tool(dvc("init", "-q"), dest)
     run_tool(dvc("config", "core.autostage", "false"), dest)
+    # A first commit: dvclive and lineage records read the commit a run is based on.
+    run_tool(["git", "add", "-A"], dest)
+    run_tool([*_GIT_IDENTITY, "commit", "-qm", "cvpipe workspace"], dest)
     return dest
 
 
