@@ -3,11 +3,16 @@
 The CLI is a shell around the library: it parses options, loads params, sets up logging and progress bars,
 calls the stage function and maps failures to exit codes: 0 success, 2 a problem the user can fix (one
 line on stderr saying what to do), 1 a bug (one line; ``--debug`` shows the traceback).
+
+Every stage runs inside :func:`cvpipe.lineage.track_stage`: an OpenLineage START event before it, then its
+lineage record (``reports/lineage/<stage>/record.json``) and a COMPLETE event, or a FAIL event. The stage
+modules themselves know nothing about lineage.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -19,6 +24,7 @@ import typer
 
 from cvpipe.config import Params, load_params
 from cvpipe.errors import CvpipeError
+from cvpipe.lineage import track_stage
 
 app = typer.Typer(
     help="cvpipe: dogs-vs-cats convnet and VGG16 transfer learning as a versioned, auditable pipeline.",
@@ -46,7 +52,7 @@ def _main(
     _state["debug"] = debug
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("PIL", "urllib3", "h5py", "absl"):
+    for noisy in ("PIL", "urllib3", "h5py", "absl", "openlineage"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
@@ -91,9 +97,13 @@ def download(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Download stage: fetch the source (Kaggle, synthetic, local) into one archive + SOURCE.json."""
-    from cvpipe.sources import fetch
+    from cvpipe.sources import ARCHIVE_NAME, RECORD_NAME, fetch
 
-    record = fetch(_params(params).data, out, staging)
+    cfg = _params(params)
+    outputs = [out / ARCHIVE_NAME, out / RECORD_NAME]
+    with track_stage("download", inputs=[], outputs=outputs, params_file=params, sections=["data"]) as run:
+        record = fetch(cfg.data, out, staging)
+        run.summary = record  # SOURCE.json: where the archive came from, never a credential
     log.info("download: %s archive sha256 %s", record["source"], record["archive"]["sha256"])
 
 
@@ -104,11 +114,17 @@ def ingest(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Ingest stage: validate every image of the archive into a manifest, quarantining bad files."""
-    from cvpipe.ingest import list_members, run_ingest
+    from cvpipe.ingest import MANIFEST_NAME, REPORT_NAME, list_members, run_ingest
 
     cfg = _params(params)
-    with progress_bar("ingest", len(list_members(archive))) as advance:
-        run_ingest(archive, out, cfg.ingest, cfg.data.labels, cfg.data.classes, advance)
+    outputs = [out / MANIFEST_NAME, out / REPORT_NAME]
+    with (
+        track_stage(
+            "ingest", inputs=[archive], outputs=outputs, params_file=params, sections=["data", "ingest"]
+        ) as run,
+        progress_bar("ingest", len(list_members(archive))) as advance,
+    ):
+        run.summary = run_ingest(archive, out, cfg.ingest, cfg.data.labels, cfg.data.classes, advance)
 
 
 @app.command()
@@ -118,10 +134,14 @@ def split(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Split stage: stratified, seeded train/val/test split with near-duplicates kept together."""
-    from cvpipe.split import run_split
+    from cvpipe.split import REPORT_NAME, SPLITS_NAME, run_split
 
     cfg = _params(params)
-    run_split(manifest, out, cfg.split, cfg.data.classes)
+    outputs = [out / SPLITS_NAME, out / REPORT_NAME]
+    with track_stage(
+        "split", inputs=[manifest], outputs=outputs, params_file=params, sections=["data", "split"]
+    ) as run:
+        run.summary = run_split(manifest, out, cfg.split, cfg.data.classes)
 
 
 @app.command()
@@ -137,8 +157,11 @@ def decode(
     from cvpipe.decode import run_decode
 
     cfg = _params(params)
-    with progress_bar("decode", len(pd.read_parquet(splits, columns=["member"]))) as advance:
-        run_decode(archive, splits, out, cfg.image, advance)
+    with (
+        track_stage("decode", inputs=[archive, splits], outputs=[out], params_file=params, sections=["image"]) as run,
+        progress_bar("decode", len(pd.read_parquet(splits, columns=["member"]))) as advance,
+    ):
+        run.summary = run_decode(archive, splits, out, cfg.image, advance)
 
 
 @app.command()
@@ -150,15 +173,22 @@ def features(
     """Features stage: one streaming VGG16 conv-base pass per split over the decoded cache."""
     import numpy as np
 
-    from cvpipe.features import extract_features
+    from cvpipe.features import FEATURES_JSON, extract_features
 
+    cfg = _params(params)
     total = sum(len(np.load(path, mmap_mode="r")) for path in Path(images).glob("*_labels.npy"))
-    with progress_bar("features", total) as advance:
-        extract_features(images, out, _params(params).features, progress=advance)
+    with (
+        track_stage("features", inputs=[images], outputs=[out], params_file=params, sections=["features"]) as run,
+        progress_bar("features", total) as advance,
+    ):
+        run.summary = extract_features(images, out, cfg.features, progress=advance)
+        # The weights' identity (spec, file, sha256) is what a model's lineage names as its feature extractor.
+        run.summary["weights"] = _json_field(out / FEATURES_JSON, "weights")
 
 
-VariantArgument = Annotated[str, typer.Argument(help="scratch | scratch_aug | feature_extraction | "
-                                                     "feature_extraction_aug | fine_tuning")]
+VariantArgument = Annotated[
+    str, typer.Argument(help="scratch | scratch_aug | feature_extraction | feature_extraction_aug | fine_tuning")
+]
 
 
 @app.command()
@@ -173,7 +203,18 @@ def train(
     """Train stage: fit one variant on the train split, keep the best epoch on val."""
     from cvpipe.modelling import train_stage
 
-    train_stage(variant, _params(params), inputs, model, out, init)
+    cfg = _params(params)
+    with track_stage(
+        "train",
+        stage=f"train@{variant}",
+        inputs=[inputs, *([init] if init else [])],
+        outputs=[model, out],
+        params_file=params,
+        sections=["train", "image", "features", "data"],
+    ) as run:
+        run.summary = train_stage(variant, cfg, inputs, model, out, init)
+        if variant == "feature_extraction_aug":
+            run.summary["conv_base"] = _weights_identity(cfg.features.weights)
 
 
 @app.command()
@@ -186,10 +227,142 @@ def evaluate(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Evaluate stage: test accuracy, loss, per-class precision/recall/F1, ROC AUC, confusion matrix."""
-    from cvpipe.modelling import evaluate_stage
+    from cvpipe.modelling import LABEL_FILES, SPLIT_FILES, evaluate_stage
 
-    result = evaluate_stage(_params(params), inputs, model, metrics, plots)
+    cfg = _params(params)
+    with track_stage(
+        "evaluate",
+        stage=f"evaluate@{variant}",
+        inputs=[model, inputs / SPLIT_FILES.format(split="test"), inputs / LABEL_FILES.format(split="test")],
+        outputs=[metrics, plots],
+        params_file=params,
+        sections=["evaluate", "data"],
+    ) as run:
+        result = evaluate_stage(cfg, inputs, model, metrics, plots)
+        run.summary = {key: value for key, value in result.items() if key != "per_class"}
     log.info("evaluate %s: accuracy %.4f", variant, result["accuracy"])
+
+
+def _json_field(path: Path, key: str) -> object:
+    """One field of a JSON file a stage wrote, for its lineage record; None when it is not there."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _weights_identity(spec: str) -> dict[str, object]:
+    """The VGG16 weights a model was built on: the spec, the file and its sha256 (random weights: none)."""
+    from cvpipe.features import resolve_weights
+    from cvpipe.io import sha256_file
+
+    path = resolve_weights(spec)
+    if path is None:
+        return {"spec": spec, "file": "random (none)"}
+    return {"spec": spec, "file": path.name, "sha256": sha256_file(path)}
+
+
+@app.command()
+def audit(
+    archive: Annotated[Path, typer.Option(help="The raw archive (for thumbnails).")] = Path("data/raw/images.zip"),
+    manifest: Annotated[Path, typer.Option(help="The manifest.")] = Path("data/manifest/images.parquet"),
+    splits: Annotated[Path, typer.Option(help="The split table.")] = Path("data/splits/splits.parquet"),
+    out: Annotated[Path, typer.Option(help="Output folder (report, metrics, thumbnails).")] = Path("reports/audit"),
+    params: ParamsOption = Path("params.yaml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Audit stage: exact and near-duplicates within and across splits; fails on leaks beyond audit.*."""
+    from cvpipe.audit import METRICS_NAME, REPORT_NAME, THUMBNAILS_DIR, run_audit
+
+    cfg = _params(params)
+    with track_stage(
+        "audit",
+        inputs=[archive, manifest, splits],
+        outputs=[out / REPORT_NAME, out / METRICS_NAME, out / THUMBNAILS_DIR],
+        params_file=params,
+        sections=["audit"],
+    ) as run:
+        run.summary = run_audit(archive, manifest, splits, out, cfg.audit)
+    summary = run.summary
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    typer.echo(
+        f"audit ({summary['method']}, {summary['threshold']} bits): {summary['exact_duplicate_groups']} exact-"
+        f"duplicate group(s), {summary['near_duplicate_pairs']} near-duplicate pair(s): "
+        f"{summary['within_split_pairs']} within a split, {summary['cross_split_pairs']} across splits, "
+        f"{summary['one_unused_pairs'] + summary['unused_pairs']} with an unused image; passed"
+    )
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("reports/index.html"),
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Report stage: reports/index.html (metrics vs the seed, curves, data, augmentation, audit, lineage)."""
+    from cvpipe.lineage import project_root
+    from cvpipe.report import ReportInputs, build_report
+
+    cfg = _params(params)
+    inputs = ReportInputs()
+    with track_stage(
+        "report",
+        inputs=list(inputs.__dict__.values()),
+        outputs=[out],
+        params_file=params,
+        sections=["report", "audit", "data"],
+    ) as run:
+        run.summary = build_report(project_root(), out, cfg.report, inputs, cfg.audit.thumbnails, cfg.data.classes)
+    typer.echo(f"report: {out}")
+
+
+lineage_app = typer.Typer(
+    help="Trace models, images and splits through the pipeline's lineage records.", no_args_is_help=True
+)
+app.add_typer(lineage_app, name="lineage")
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON.")]
+
+
+@lineage_app.command("model")
+def lineage_model(
+    artifact: Annotated[Path, typer.Argument(help="A model (models/fine_tuning.keras) or any pipeline output.")],
+    as_json: JsonOption = False,
+) -> None:
+    """The chain behind a model: source, manifest, split, features, params, code, environment and runs."""
+    from cvpipe.lineage import project_root
+    from cvpipe.lineage_query import format_model, model_lineage
+
+    answer = model_lineage(project_root(), artifact)
+    typer.echo(json.dumps(answer, indent=2, sort_keys=True) if as_json else format_model(answer))
+
+
+@lineage_app.command("image")
+def lineage_image(
+    query: Annotated[str, typer.Argument(help="An archive member (train/cat.12.jpg) or a sha256 (8+ hex digits).")],
+    as_json: JsonOption = False,
+) -> None:
+    """Which split an image is in, its row in the caches, and which models trained, validated or tested on it."""
+    from cvpipe.lineage import project_root
+    from cvpipe.lineage_query import format_image, image_lineage
+
+    answer = image_lineage(project_root(), query)
+    typer.echo(json.dumps(answer, indent=2, sort_keys=True) if as_json else format_image(answer))
+
+
+@lineage_app.command("diff")
+def lineage_diff(
+    rev1: Annotated[str, typer.Argument(help="A git revision (HEAD~1, a tag, a commit).")],
+    rev2: Annotated[str | None, typer.Argument(help="Another revision; default: the workspace.")] = None,
+    limit: Annotated[int, typer.Option(help="Images listed per split and direction (--json lists all).")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """Images that entered or left each split between two git revisions, with counts per class."""
+    from cvpipe.lineage import project_root
+    from cvpipe.lineage_query import format_diff, lineage_diff
+
+    answer = lineage_diff(project_root(), rev1, rev2)
+    typer.echo(json.dumps(answer, indent=2, sort_keys=True) if as_json else format_diff(answer, limit))
 
 
 @app.command("metrics")

@@ -172,6 +172,31 @@ class EvaluateConfig(StrictModel):
     threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
 
 
+class AuditConfig(StrictModel):
+    """The audit stage: exact and near-duplicate images within and across splits.
+
+    ``hash: phash`` reuses the manifest's 64-bit perceptual hashes (of the image and of its mirror), the ones
+    the split stage groups by; ``dhash`` and ``average_hash`` recompute another 64-bit hash from the archive
+    for a second, independent opinion. A pair of images is a near-duplicate when either image's hash, or its
+    mirror's, is within ``near_duplicate_threshold`` bits of the other's.
+    """
+
+    hash: Literal["phash", "dhash", "average_hash"] = "phash"
+    near_duplicate_threshold: Annotated[int, Field(ge=0, le=64)] = 10
+    max_cross_split_pairs: NonNegativeInt = 0
+    thumbnails: NonNegativeInt = 24
+    max_listed_pairs: PositiveInt = 10_000
+
+
+class ReportConfig(StrictModel):
+    """The report stage: what ``reports/index.html`` shows beyond the pipeline's own outputs."""
+
+    augmented_images: Annotated[int, Field(ge=0, le=64)] = 8
+    augmentations_per_image: Annotated[int, Field(ge=1, le=8)] = 3
+    seed: int = 0
+    max_quarantine_rows: PositiveInt = 200
+
+
 class Params(StrictModel):
     """The whole params.yaml."""
 
@@ -182,6 +207,8 @@ class Params(StrictModel):
     features: FeaturesConfig = FeaturesConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    audit: AuditConfig = AuditConfig()
+    report: ReportConfig = ReportConfig()
 
 
 def _describe(error: ValidationError) -> str:

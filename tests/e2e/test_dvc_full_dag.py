@@ -22,7 +22,7 @@ TINY_MODELS: dict[str, Any] = {
     "train": {name: {"epochs": 1, "batch_size": 8} for name in VARIANTS},
     "evaluate": {"batch_size": 16},
 }
-ALL_STAGES = {"download", "ingest", "split", "decode", "features"} | {
+ALL_STAGES = {"download", "ingest", "split", "decode", "features", "audit", "report"} | {
     f"{kind}@{name}" for kind in ("train", "evaluate") for name in VARIANTS
 }
 
@@ -58,13 +58,13 @@ def test_nothing_reruns_then_one_variant_reruns_alone(workspace: Path) -> None:
     params["train"]["scratch_aug"]["epochs"] = 2
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     ran, _ = repro(workspace)
-    assert ran == {"train@scratch_aug", "evaluate@scratch_aug"}
+    assert ran == {"train@scratch_aug", "evaluate@scratch_aug", "report"}
 
 
 def test_features_change_reruns_features_and_their_readers_only(workspace: Path) -> None:
     set_param(workspace, "features", "dtype", "float16")
     ran, _ = repro(workspace)
-    assert ran == {"features", "train@feature_extraction", "evaluate@feature_extraction"}
+    assert ran == {"features", "train@feature_extraction", "evaluate@feature_extraction", "report"}
     set_param(workspace, "features", "weights", "none")  # unchanged value: nothing to do
     assert repro(workspace)[0] == set()
 
