@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -54,6 +55,10 @@ def _main(
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("PIL", "urllib3", "h5py", "absl", "openlineage"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # TensorFlow's C++ start-up lines ("Could not find cuda drivers", "failed call to cuInit" on a CPU
+    # machine) drown the stage's own log; cvpipe logs the device it uses. An explicit setting wins.
+    if not debug:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 @contextlib.contextmanager
