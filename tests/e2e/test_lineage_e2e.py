@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,7 +200,13 @@ def test_every_stage_sent_start_then_complete_with_its_datasets(pipeline: Pipeli
     assert table["facets"]["cvpipe_splitPolicy"]["seed"] == 42 and "cvpipe_nearDuplicates" in table["facets"]
 
 
-def test_the_report_is_offline_and_shows_the_metrics_files(pipeline: Pipeline) -> None:
+def _chromium() -> str:
+    found = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    assert found, "no Chromium: install Debian's chromium package (.ci/run does)"
+    return found
+
+
+def test_the_report_shows_the_metrics_files_and_renders_in_chromium(pipeline: Pipeline, tmp_path: Path) -> None:
     html = pipeline.root / "reports/index.html"
     page = check_offline(html.read_text())
     for path in sorted((pipeline.root / "reports/metrics").glob("*.json")):
@@ -210,6 +218,31 @@ def test_the_report_is_offline_and_shows_the_metrics_files(pipeline: Pipeline) -
     assert len(grid) == 1 and grid[0]["src"].startswith("data:image/jpeg;base64,")
     words = " ".join(page.text)
     assert "Leakage audit passed." in words and "train@fine_tuning" in words
+    artifacts = Path(os.environ.get("CVPIPE_TEST_ARTIFACTS", tmp_path))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    shot = artifacts / "report.png"
+    args = [
+        _chromium(),
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--hide-scrollbars",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1280,6000",
+        f"--screenshot={shot}",
+        html.as_uri(),
+    ]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert shot.stat().st_size > 10_000
+    console = [line for line in result.stderr.splitlines() if "CONSOLE" in line or "Failed to load resource" in line]
+    assert console == []
 
 
 def test_fake_kaggle_credentials_appear_nowhere(pipeline: Pipeline) -> None:
