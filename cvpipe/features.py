@@ -19,7 +19,6 @@ PyTorch).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -32,7 +31,7 @@ import numpy as np
 
 from cvpipe.config import SPLITS, FeaturesConfig
 from cvpipe.errors import CvpipeError, DataError
-from cvpipe.io import atomic_path, sha256_file, write_json_atomic
+from cvpipe.io import atomic_path, md5_file, sha256_file, write_json_atomic
 from cvpipe.models import vgg16_conv_base
 
 logger = logging.getLogger(__name__)
@@ -47,7 +46,6 @@ KERAS_VGG16_MD5: dict[str, str] = {
 # Seed of the 'none' (random) weights: fixed so that the offline demo's features are reproducible.
 RANDOM_WEIGHTS_SEED = 0
 FEATURES_JSON = "features.json"
-_CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------- weights
@@ -64,20 +62,12 @@ def keras_cache_dir() -> Path:
     return base / "models"
 
 
-def _md5_file(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _check_published_md5(path: Path) -> None:
     """Reject a file named like one of Keras's published VGG16 files whose content is not that file."""
     expected = KERAS_VGG16_MD5.get(path.name)
     if expected is None:
         return
-    actual = _md5_file(path)
+    actual = md5_file(path)
     if actual != expected:
         raise CvpipeError(
             f"{path}: MD5 {actual} does not match Keras's published {path.name} (MD5 {expected}); "
@@ -180,7 +170,7 @@ def load_conv_base(weights: str, input_shape: Sequence[int]) -> keras.Model:
 def _weights_record(spec: str, path: Path | None) -> dict[str, Any]:
     if path is None:
         return {"spec": spec, "file": "random (none)", "seed": RANDOM_WEIGHTS_SEED}
-    return {"spec": spec, "file": path.name, "sha256": sha256_file(path), "md5": _md5_file(path)}
+    return {"spec": spec, "file": path.name, "sha256": sha256_file(path), "md5": md5_file(path)}
 
 
 # ---------------------------------------------------------------------------------------------- inputs

@@ -63,13 +63,21 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def sha256_file(path: Path) -> str:
-    """Return the hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
+def _file_digest(path: Path, digest: Any) -> str:
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """Return the hex SHA-256 of a file, read in 1 MiB chunks."""
+    return _file_digest(path, hashlib.sha256())
+
+
+def md5_file(path: Path) -> str:
+    """Return the hex MD5 of a file (what DVC and Keras's published weights use; not for security)."""
+    return _file_digest(path, hashlib.md5(usedforsecurity=False))
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -47,7 +47,7 @@ from typing import Any
 
 import yaml
 
-from cvpipe.io import write_json_atomic
+from cvpipe.io import md5_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -85,20 +85,11 @@ PACKAGES = (
 )
 # Folders DVC never includes in a directory's hash.
 _DVC_SKIPPED_DIRS = frozenset({".git", ".dvc", ".hg"})
-_CHUNK = 1 << 20
 _TEMPLATE = re.compile(r"\$\{\s*(key|item(?:\.[A-Za-z0-9_-]+)*)\s*\}")
 _MAX_DIRTY_PATHS = 20
 
 
 # -- hashes ---------------------------------------------------------------------------------------------------
-
-
-def _md5_file(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def dvc_hash(path: Path) -> dict[str, Any]:
@@ -112,7 +103,7 @@ def dvc_hash(path: Path) -> dict[str, Any]:
     """
     path = Path(path)
     if path.is_file():
-        return {"md5": _md5_file(path), "size": path.stat().st_size}
+        return {"md5": md5_file(path), "size": path.stat().st_size}
     if not path.is_dir():
         raise FileNotFoundError(path)
     entries, size = [], 0
@@ -120,7 +111,7 @@ def dvc_hash(path: Path) -> dict[str, Any]:
         dirs[:] = [name for name in dirs if name not in _DVC_SKIPPED_DIRS]
         for name in files:
             file = Path(folder) / name
-            entries.append({"md5": _md5_file(file), "relpath": file.relative_to(path).as_posix()})
+            entries.append({"md5": md5_file(file), "relpath": file.relative_to(path).as_posix()})
             size += file.stat().st_size
     entries.sort(key=lambda entry: entry["relpath"])
     listing = json.dumps(entries, sort_keys=True).encode("utf-8")

@@ -31,15 +31,9 @@ import yaml
 from cvpipe.workspace import dvc, prepare_workspace, run_tool
 from flows.pipeline import RUN_RECORD, cvpipe_pipeline
 from tasks.dvc_stages import kill_tree
+from tests.e2e.test_dvc_pipeline import DATA_STAGES, ROOT, TINY
 from tests.support.fake_kaggle import FakeKaggle, Reply, competition_archive, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY: dict[str, Any] = {
-    "data": {"source": "synthetic", "synthetic": {"per_class": 40, "min_side": 64, "max_side": 96}},
-    "split": {"per_class": {"train": 20, "val": 6, "test": 10}},
-    "image": {"size": 32},
-}
-DATA_STAGES = ["download", "ingest", "split", "decode"]
 # retrieved_at makes SOURCE.json differ between two downloads of the same data; each stage's lineage record
 # holds its run's time and id.
 VOLATILE_OUTS = {"data/raw/SOURCE.json"} | {f"reports/lineage/{stage}" for stage in DATA_STAGES}
