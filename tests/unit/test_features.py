@@ -29,7 +29,7 @@ from cvpipe.features import (
     load_conv_base,
     resolve_weights,
 )
-from cvpipe.io import sha256_file
+from cvpipe.io import md5_file, sha256_file
 
 SIZE = 32
 SHAPE = (SIZE, SIZE, 3)
@@ -384,7 +384,7 @@ def test_imagenet_resolves_the_cached_notop_file(
     target = _isolated_keras_home / "models" / NOTOP_FILE
     target.parent.mkdir(parents=True)
     _write_legacy_h5(target, source)
-    monkeypatch.setitem(features.KERAS_VGG16_MD5, NOTOP_FILE, features._md5_file(target))
+    monkeypatch.setitem(features.KERAS_VGG16_MD5, NOTOP_FILE, md5_file(target))
 
     assert resolve_weights("imagenet") == target
     loaded = load_conv_base("imagenet", SHAPE)
