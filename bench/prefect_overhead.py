@@ -21,23 +21,18 @@ import contextlib
 import datetime as dt
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cvpipe.workspace import dvc, prepare_workspace, run_tool  # noqa: E402
-from tasks.dvc_stages import kill_tree  # noqa: E402
+from tests.support.prefect_server import Api, running_server, start_process, wait_for  # noqa: E402
 
 TINY: dict[str, Any] = {
     "data": {"source": "synthetic", "synthetic": {"per_class": 40, "min_side": 64, "max_side": 96}},
@@ -45,12 +40,6 @@ TINY: dict[str, Any] = {
     "image": {"size": 32},
 }
 TARGET = "decode"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def cpu_model() -> str:
@@ -71,37 +60,8 @@ def time_dvc_noop(workspace: Path, repeats: int) -> list[float]:
     return times
 
 
-@contextlib.contextmanager
-def running(argv: list[str], env: dict[str, str], log: Path, cwd: Path) -> Iterator[subprocess.Popen[str]]:
-    with open(log, "w") as out:
-        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True)
-    try:
-        yield proc
-    finally:
-        kill_tree(proc.pid)
-        proc.wait(timeout=30)
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise SystemExit(f"timed out waiting for {what}")
-
-
-def healthy(api: str) -> bool:
-    try:
-        return httpx.get(f"{api}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def completed_runs(api: str) -> list[dict[str, Any]]:
-    payload = {"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}, "sort": "EXPECTED_START_TIME_ASC"}
-    return httpx.post(f"{api}/flow_runs/filter", json=payload, timeout=30).json()
+def completed_runs(api: Api) -> list[dict[str, Any]]:
+    return api.flow_runs({"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}, "sort": "EXPECTED_START_TIME_ASC"})
 
 
 def seconds_between(start: str, end: str) -> float:
@@ -109,45 +69,26 @@ def seconds_between(start: str, end: str) -> float:
 
 
 def scheduled_runs(workspace: Path, scratch: Path, runs: int, interval: float) -> list[dict[str, float]]:
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(scratch / "prefect-home"),
-        "PREFECT_API_URL": api,
-        "PREFECT_SERVER_UI_ENABLED": "false",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "DVC_NO_ANALYTICS": "1",
-        "PYTHONPATH": str(ROOT),
-    }
-    prefect = [sys.executable, "-m", "prefect"]
-    with running(
-        [*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, scratch / "server.log", scratch
-    ):
-        wait_for(lambda: healthy(api), 180, "the Prefect server")
+    with running_server(scratch, show_logs=False) as (url, env, procs):
+        api = Api(url)
         serve = [sys.executable, "-m", "flows.pipeline", "--serve", "--interval", str(interval), "--name", "bench"]
         serve += ["--project-dir", str(workspace), "--target", TARGET]
-        with running(serve, env, scratch / "serve.log", ROOT):
-            done = wait_for(
-                lambda: (found := completed_runs(api)) and len(found) > runs and found,
-                90 + (runs + 1) * interval * 3,
-                "the scheduled runs",
-            )
+        procs["serve"] = start_process("serve", serve, env, scratch / "logs", ROOT)
+        done = wait_for(
+            lambda: (found := completed_runs(api)) and len(found) > runs and found,
+            90 + (runs + 1) * interval * 3,
+            "the scheduled runs",
+            procs,
+        )
         # The first run is a warm-up: it waits for the runner to start.
         return [
             {
                 "running": seconds_between(run["start_time"], run["end_time"]),
                 "latency": seconds_between(run["expected_start_time"], run["end_time"]),
-                "stages": sum(task["total_run_time"] for task in task_runs(api, run["id"])),
+                "stages": sum(task["total_run_time"] for task in api.task_runs(run["id"]).values()),
             }
             for run in done[1 : runs + 1]
         ]
-
-
-def task_runs(api: str, flow_run_id: str) -> list[dict[str, Any]]:
-    payload = {"flow_runs": {"id": {"any_": [flow_run_id]}}}
-    return httpx.post(f"{api}/task_runs/filter", json=payload, timeout=30).json()
 
 
 def table(rows: list[tuple[str, float, str]]) -> str:

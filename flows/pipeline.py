@@ -14,11 +14,17 @@ Serve it on a schedule against a running Prefect server (``prefect.yaml`` declar
 for a worker)::
 
     python -m flows.pipeline --serve --cron "0 2 * * *" --timezone UTC
+
+One run per project at a time. The deployment's concurrency limit (1, ``CANCEL_NEW``) has the server cancel a
+scheduled run that would overlap the previous one; a run holds cvpipe's run lock on the project throughout and
+refuses to start while another flow run holds it or a ``dvc repro`` is reproducing stages; DVC's own output
+lock refuses a ``dvc repro`` that would touch a stage the flow is running (``tasks.dvc_stages``).
 """
 
 # No `from __future__ import annotations` here: Prefect builds the flow's parameter model from its signature,
 # and string annotations failed to resolve when a served run loaded this file by path.
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -36,6 +42,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.exceptions import MissingContextError
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
+from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
@@ -43,10 +50,14 @@ from cvpipe.config import load_params, parse_params
 from cvpipe.io import write_json_atomic
 from cvpipe.workspace import deep_merge, read_overlay
 from tasks.dvc_stages import (
+    ProjectBusyError,
     StageOutcome,
     StagePolicy,
+    dvc_lock_holders,
     dvc_stage,
     lineage_env,
+    project_run_lock,
+    run_holder,
     select_stages,
     stage_graph,
     topological_order,
@@ -297,6 +308,27 @@ def run_dag(
     return report
 
 
+# -- concurrent runs ------------------------------------------------------------------------------------------
+
+
+def refuse_if_dvc_is_busy(project: Path) -> None:
+    """Refuse to start while a DVC command (a ``dvc repro`` by hand) is reproducing stages in ``project``.
+
+    DVC would refuse this run's first stage whose files that command holds anyway; refusing before the first
+    stage says so at once, and leaves ``params.yaml`` alone while that command reads it. A ``dvc repro``
+    started after this check is DVC's to stop: the later of the two to reach a stage is refused.
+
+    Raises:
+        ProjectBusyError: a live DVC process holds DVC's lock on some stage's files.
+    """
+    holders = dvc_lock_holders(project)
+    if holders:
+        raise ProjectBusyError(
+            f"DVC is reproducing stages in {project} ({'; '.join(holders)}); this run did nothing: "
+            "run it again when that command has finished"
+        )
+
+
 # -- lineage and artifacts ------------------------------------------------------------------------------------
 
 
@@ -427,8 +459,11 @@ def cvpipe_pipeline(
     download_retries: Annotated[int, Field(ge=0, le=10)] = 3,
     download_retry_delay_seconds: Annotated[float, Field(ge=0)] = 60.0,
     train_timeout_minutes: Annotated[float, Field(gt=0)] | None = 360.0,
-) -> dict[str, str]:
+) -> dict[str, str] | State:
     """Reproduce the DVC pipeline, one task run per stage; DVC skips what has not changed.
+
+    One run per project at a time: a run that finds another flow run, or a ``dvc repro``, reproducing stages in
+    the project ends ``Failed`` at once with a one-line message saying which; it writes nothing, runs no stage.
 
     Args:
         targets: stages to reproduce with everything upstream (``decode``, ``train`` for every variant,
@@ -444,7 +479,7 @@ def cvpipe_pipeline(
         train_timeout_minutes: time limit of each training stage; it is killed after that.
 
     Returns:
-        ``{stage: "ran" | "skipped" | "restored"}``.
+        ``{stage: "ran" | "skipped" | "restored"}``; a ``Failed`` state when the run was refused.
 
     Raises:
         PipelineFailedError: a stage failed; the message names it and what was left unrun. The artifacts are
@@ -454,39 +489,51 @@ def cvpipe_pipeline(
     project = Path(project_dir).resolve()
     if not (project / "dvc.yaml").is_file():
         raise FileNotFoundError(f"{project}: no dvc.yaml; pass project_dir= the cvpipe project's root")
-    changed = apply_params_file(project, params_file)
-    if changed:
-        logger.warning("params from %s written into %s: %s", params_file, PARAMS_YAML, ", ".join(changed))
-    graph = select_stages(stage_graph(project), targets)
-    logger.info("DAG from dvc.yaml, %d stage(s): %s", len(graph), ", ".join(topological_order(graph)))
+    if not (project / ".dvc").is_dir():
+        # The run lock lives in .dvc/tmp; creating .dvc/ here would make the folder look like a DVC repository.
+        raise FileNotFoundError(f"{project}: not a DVC repository (no .dvc/ folder); run `dvc init` there first")
     ids = lineage_env()
-    run: dict[str, Any] = {
-        "flow_run_id": ids.get("CVPIPE_FLOW_RUN_ID"),
-        "flow_run_name": ids.get("CVPIPE_FLOW_RUN_NAME"),
-        "deployment_id": ids.get("CVPIPE_DEPLOYMENT_ID"),
-        "project_dir": str(project),
-        "targets": list(targets or []),
-        "params_file": params_file,
-        "started_at": _now(),
-        "state": "running",
-    }
-    write_run_record(project, run)
-    policy = StagePolicy(
-        download_retries=download_retries,
-        download_backoff_seconds=download_retry_delay_seconds,
-        train_timeout_s=train_timeout_minutes * 60 if train_timeout_minutes else None,
-    )
-    report = run_dag(graph, project, policy, force, max_parallel, gpu_slots)
-    keys = publish_artifacts(project, report, run)
-    run.update(
-        state="completed" if report.ok else "failed",
-        finished_at=_now(),
-        stages={stage: outcome.status for stage, outcome in report.outcomes.items()},
-        failed=report.failures,
-        not_run=report.not_run,
-        artifacts=keys,
-    )
-    write_run_record(project, run)
+    with contextlib.ExitStack() as guard:
+        try:
+            # Before anything is written (params.yaml, the run record): a refused run leaves the project as it was.
+            guard.enter_context(project_run_lock(project, run_holder(ids)))
+            refuse_if_dvc_is_busy(project)
+        except ProjectBusyError as busy:
+            # An expected refusal, not a bug: one line in the log and the state, no traceback.
+            logger.error("%s", busy)
+            return Failed(message=str(busy))
+        changed = apply_params_file(project, params_file)
+        if changed:
+            logger.warning("params from %s written into %s: %s", params_file, PARAMS_YAML, ", ".join(changed))
+        graph = select_stages(stage_graph(project), targets)
+        logger.info("DAG from dvc.yaml, %d stage(s): %s", len(graph), ", ".join(topological_order(graph)))
+        run: dict[str, Any] = {
+            "flow_run_id": ids.get("CVPIPE_FLOW_RUN_ID"),
+            "flow_run_name": ids.get("CVPIPE_FLOW_RUN_NAME"),
+            "deployment_id": ids.get("CVPIPE_DEPLOYMENT_ID"),
+            "project_dir": str(project),
+            "targets": list(targets or []),
+            "params_file": params_file,
+            "started_at": _now(),
+            "state": "running",
+        }
+        write_run_record(project, run)
+        policy = StagePolicy(
+            download_retries=download_retries,
+            download_backoff_seconds=download_retry_delay_seconds,
+            train_timeout_s=train_timeout_minutes * 60 if train_timeout_minutes else None,
+        )
+        report = run_dag(graph, project, policy, force, max_parallel, gpu_slots)
+        keys = publish_artifacts(project, report, run)
+        run.update(
+            state="completed" if report.ok else "failed",
+            finished_at=_now(),
+            stages={stage: outcome.status for stage, outcome in report.outcomes.items()},
+            failed=report.failures,
+            not_run=report.not_run,
+            artifacts=keys,
+        )
+        write_run_record(project, run)
     if not report.ok:
         raise PipelineFailedError(report.failure_message())
     return {stage: outcome.status for stage, outcome in report.outcomes.items()}

@@ -10,18 +10,29 @@ upstream stages are up to date by then and the result is the same as one ``dvc r
 independent stages (the training variants) run at the same time: DVC releases its repository lock while a
 stage's command runs, and ``--wait-for-lock`` makes a second DVC wait for the short locked parts (collecting
 the stages, committing outputs) instead of failing after 3 s.
+
+Concurrent runs. DVC guards its own outputs: while a ``dvc repro`` runs or commits a stage it records the
+stage's deps (read) and outs (write) in ``.dvc/tmp/rwlock``, and any other DVC process that wants to write
+one of them, or read one being written, stops with ``ERROR: ... is busy, it is being blocked by: (PID ...)``
+(measured: the second of two ``dvc repro`` exits 255 within about 3 s and runs nothing). A flow run is many
+DVC processes, one per stage, so DVC's repository lock is free between two of them; cvpipe adds
+:func:`project_run_lock`, one flow run per project at a time, and :func:`dvc_lock_holders`, which lets a flow
+run refuse to start while a ``dvc repro`` is reproducing stages.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +67,14 @@ GPU_TAG = "gpu"
 KILL_GRACE_SECONDS = 10.0
 TAIL_LINES = 20
 
+# cvpipe's run lock and DVC's output lock, relative to the project root (DVC keeps its locks in .dvc/tmp,
+# which its own .dvc/.gitignore leaves out of git).
+RUN_LOCK = os.path.join(".dvc", "tmp", "cvpipe-flow.lock")
+DVC_RWLOCK = os.path.join(".dvc", "tmp", "rwlock")
+# How DVC names the command holding a lock: its argv joined, "/.../site-packages/dvc/__main__.py repro".
+_DVC_ARGV0 = re.compile(r"^\S*(?:/dvc/__main__\.py|/bin/dvc)(?=\s|$)")
+_CVPIPE_ERROR = re.compile(r"^(?:internal )?error: ")
+
 
 class StageFailedError(RuntimeError):
     """``dvc repro`` of one stage exited non-zero.
@@ -68,8 +87,11 @@ class StageFailedError(RuntimeError):
 
     def __init__(self, stage: str, returncode: int, tail: Sequence[str]) -> None:
         self.stage, self.returncode, self.tail = stage, returncode, list(tail)
-        last = next((line for line in reversed(self.tail) if line.strip()), "")
-        super().__init__(f"stage {stage!r} failed (dvc exit {returncode}): {last}")
+        super().__init__(f"stage {stage!r} failed (dvc exit {returncode}): {failure_line(self.tail)}")
+
+
+class ProjectBusyError(RuntimeError):
+    """Another flow run or a DVC command is reproducing stages in the project; this run did nothing."""
 
 
 class StageTimeoutError(TimeoutError):
@@ -217,6 +239,37 @@ def line_level(line: str) -> tuple[int, str]:
     if match:
         return logging.getLevelName(match["level"]), line
     return logging.INFO, line
+
+
+def failure_line(lines: Sequence[str]) -> str:
+    """The one line that says why a stage failed, from what DVC and the stage printed.
+
+    cvpipe's own ``error: ...`` line when the stage's command printed one (it says what to do); else DVC's
+    last ``ERROR:`` line, followed by the processes it names when another DVC command holds the stage's files
+    (DVC puts them, and a hint about stale locks, on the lines after); else the last line.
+    """
+    cvpipe_error = next((line for line in reversed(lines) if _CVPIPE_ERROR.match(line)), None)
+    if cvpipe_error is not None:
+        return cvpipe_error
+    for index in range(len(lines) - 1, -1, -1):
+        line = lines[index]
+        if not line.startswith("ERROR: "):
+            continue
+        if line.endswith("blocked by:"):
+            holders = []
+            for holder in lines[index + 1 :]:
+                if not holder.strip().startswith("(PID "):
+                    break
+                holders.append(_short_command(holder.strip()))
+            line = f"{line} {'; '.join(dict.fromkeys(holders))} (another DVC command is using this stage's files)"
+        return line
+    return next((line for line in reversed(lines) if line.strip()), "")
+
+
+def _short_command(text: str) -> str:
+    """``(PID 7): /venv/.../dvc/__main__.py repro x`` -> ``(PID 7): dvc repro x``."""
+    prefix, sep, command = text.partition("): ")
+    return f"{prefix}{sep}{_DVC_ARGV0.sub('dvc', command)}" if sep else _DVC_ARGV0.sub("dvc", text)
 
 
 def kill_tree(pid: int, grace_seconds: float = KILL_GRACE_SECONDS) -> None:
@@ -423,3 +476,114 @@ class StagePolicy:
     def uses_gpu(self, stage: str) -> bool:
         """Whether ``stage`` needs one of the run's GPU slots."""
         return family(stage) in self.gpu_families
+
+
+# -- concurrent runs ------------------------------------------------------------------------------------------
+
+
+def run_holder(ids: Mapping[str, str]) -> dict[str, Any]:
+    """Who holds the run lock: this process, the flow run's ids, since when (for another run's refusal)."""
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "flow_run_id": ids.get("CVPIPE_FLOW_RUN_ID"),
+        "flow_run_name": ids.get("CVPIPE_FLOW_RUN_NAME"),
+        "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def describe_holder(holder: Mapping[str, Any]) -> str:
+    """``flow run 'name' (id), process 12 on host, since ...`` from what :func:`run_holder` wrote."""
+    parts = []
+    if holder.get("flow_run_id"):
+        parts.append(f"flow run {holder.get('flow_run_name')!r} ({holder['flow_run_id']})")
+    if holder.get("pid"):
+        parts.append(f"process {holder['pid']} on {holder.get('host', '?')}")
+    if holder.get("since"):
+        parts.append(f"since {holder['since']}")
+    return ", ".join(parts) or "a process that has not recorded itself yet"
+
+
+@contextlib.contextmanager
+def project_run_lock(project_dir: Path, holder: Mapping[str, Any]) -> Iterator[Path]:
+    """Hold cvpipe's run lock on a project for the block: one flow run per project at a time.
+
+    An advisory ``flock`` on ``.dvc/tmp/cvpipe-flow.lock``, taken without waiting. The operating system
+    releases it when the process ends, however it ends, so a killed or cancelled run leaves no stale lock; a
+    file that merely exists blocks nobody. The holder's description is written into the file for the
+    refusal message. Linux and macOS (``fcntl``).
+
+    Args:
+        project_dir: the DVC project's root (it has a ``.dvc/`` folder).
+        holder: what to record about this run (:func:`run_holder`).
+
+    Yields:
+        The lock file's path.
+
+    Raises:
+        ProjectBusyError: another process (another flow run, in this process or not) holds the lock.
+        FileNotFoundError: ``project_dir`` has no ``.dvc/`` folder.
+    """
+    import fcntl
+
+    path = Path(project_dir) / RUN_LOCK
+    path.parent.mkdir(exist_ok=True)  # .dvc/tmp is not in git; .dvc/ itself must exist (a DVC repository)
+    # Not truncated on open: a refused run must still be able to read who holds it.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ProjectBusyError(
+                f"another cvpipe flow run is reproducing {project_dir} ({describe_holder(_read_holder(fd))}); "
+                "this run did nothing: let that one finish or cancel it, then run again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(dict(holder)).encode(), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    """The holder recorded in the lock file, or {} while the holder is still writing it."""
+    try:
+        data = json.loads(os.pread(fd, 65536, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def dvc_lock_holders(project_dir: Path) -> list[str]:
+    """The DVC commands reproducing (running or committing) stages in the project now, from DVC's output lock.
+
+    DVC records each stage's deps and outs with its process id in ``.dvc/tmp/rwlock`` while it runs or
+    commits the stage; entries of processes that no longer exist are stale (DVC drops them itself next time).
+    A best-effort look (DVC may be rewriting the file this instant): DVC's own check when a stage starts is
+    what guarantees that no two processes write one output.
+
+    Args:
+        project_dir: the DVC project's root.
+
+    Returns:
+        ``PID 123: dvc repro decode`` for each live process, in the order found.
+    """
+    import psutil  # a DVC dependency
+
+    try:
+        data = json.loads((Path(project_dir) / DVC_RWLOCK).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(data, dict):
+        return []
+    infos = list((data.get("write") or {}).values())
+    infos += [info for readers in (data.get("read") or {}).values() for info in readers]
+    holders: dict[int, str] = {}
+    for info in infos:
+        pid = info.get("pid") if isinstance(info, dict) else None
+        if isinstance(pid, int) and pid != os.getpid() and pid not in holders and psutil.pid_exists(pid):
+            holders[pid] = _DVC_ARGV0.sub("dvc", str(info.get("cmd", "")))
+    return [f"PID {pid}: {command}" for pid, command in holders.items()]

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
-from cvpipe.workspace import prepare_workspace
+from cvpipe.workspace import dvc, prepare_workspace, run_tool
 from tests.conftest import jpeg_bytes, write_zip
-from tests.e2e.test_dvc_pipeline import ROOT, repro
-from tests.support.fake_kaggle import FakeKaggle
+from tests.e2e.test_dvc_pipeline import DATA_STAGES, ROOT
+from tests.e2e.test_secrets import assert_no_secret, assert_no_secret_in_files, secret_forms, write_kaggle_json
+from tests.support.fake_kaggle import FakeKaggle, Reply
 
 pytestmark = pytest.mark.slow
 
@@ -24,23 +26,30 @@ def test_kaggle_source_end_to_end_without_leaking_the_key(tmp_path: Path, monkey
     outer = write_zip(tmp_path / "outer.zip", {"sampleSubmission.csv": b"id,label\n", "train.zip": train}).read_bytes()
     overrides = {"data": {"source": "kaggle"}, "split": {"per_class": {"train": 8, "val": 3, "test": 4}}}
     workspace = prepare_workspace(ROOT, tmp_path / "ws", overrides)
+    home, site_cache = tmp_path / "home", tmp_path / "dvc-site-cache"
     with FakeKaggle(outer) as fake:
-        monkeypatch.setenv("HOME", str(tmp_path / "home"))
-        monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "home/.kaggle"))
-        monkeypatch.setenv("KAGGLE_USERNAME", fake.username)
-        monkeypatch.setenv("KAGGLE_KEY", fake.key)
+        # The credentials come from kaggle.json only (the environment's are covered by test_prefect_flow).
+        key_file = write_kaggle_json(home / ".kaggle", fake.username, fake.key)
+        monkeypatch.setenv("HOME", str(home))
+        monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(key_file.parent))
         monkeypatch.setenv("CVPIPE_KAGGLE_ENDPOINT", fake.endpoint)
         monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-        ran, _ = repro(workspace, "decode")
-        assert ran == {"download", "ingest", "split", "decode"}
-        assert repro(workspace, "decode")[0] == set()
+        # DVC's state and index databases, outside the workspace: searched too.
+        monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(site_cache))
+        # First the rules are not accepted (403): the stage fails, DVC verbose.
+        fake.script("download", Reply(403, "You must accept this competition's rules before you can download"))
+        refused = run_tool(dvc("repro", "-v", "decode"), workspace, check=False)
+        assert refused.returncode != 0 and "accept the competition rules" in refused.stdout + refused.stderr
+        completed = run_tool(dvc("repro", "decode"), workspace)
+        assert set(re.findall(r"Running stage '([^']+)'", completed.stdout)) == set(DATA_STAGES)
+        assert "Running stage" not in run_tool(dvc("repro", "decode"), workspace).stdout
     assert (workspace / "data/raw/images.zip").read_bytes() == train
     record = json.loads((workspace / "data/raw/SOURCE.json").read_text())
     assert record["competition"] == "dogs-vs-cats"
     assert record["download"]["last_modified"] == "Wed, 21 Oct 2015 07:28:00 GMT"
-    for path in workspace.rglob("*"):
-        if path.is_file() and ".git" not in path.parts and path.stat().st_size < 5_000_000:
-            data = path.read_bytes()
-            assert fake.key.encode() not in data, path
-            assert fake.username.encode() not in data or path.name == "params.yaml", path
-    assert os.environ["KAGGLE_KEY"] == fake.key
+    secrets = secret_forms(fake.username, fake.key)
+    for run in (refused, completed):
+        assert_no_secret(run.stdout + run.stderr, secrets, "dvc repro's output")
+    assert (workspace / ".dvc/tmp").is_dir() and any(site_cache.rglob("*.db"))
+    assert assert_no_secret_in_files([workspace, site_cache, home], secrets, allowed=[key_file]) > 50
+    assert "KAGGLE_KEY" not in os.environ

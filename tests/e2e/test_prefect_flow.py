@@ -5,7 +5,9 @@
 - A small fake DAG (``python stage.py ...`` stages, independent of cvpipe's real stages) for the semantics:
   parallel variants within the GPU bound, a failing variant and a timed-out one leave the others done and the
   flow failed naming them, downstream stages not run.
-- The real download stage against the fake Kaggle on 127.0.0.1, failing twice, then retried by Prefect.
+- The real download stage against the fake Kaggle on 127.0.0.1: a run that fails (401), then one failing twice
+  and retried by Prefect; the Kaggle key (environment and ``kaggle.json``) is in none of their logs, artifacts,
+  states, the server's database or the workspace's files.
 - A real schedule: ``prefect server start`` on a free port, ``prefect deploy`` of the project's prefect.yaml
   with a short interval, a process worker; a scheduled run completes with its artifacts. Every process the
   test starts is stopped, whatever happens.
@@ -23,7 +25,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 import yaml
@@ -32,7 +33,17 @@ from cvpipe.workspace import dvc, prepare_workspace, run_tool
 from flows.pipeline import RUN_RECORD, cvpipe_pipeline
 from tasks.dvc_stages import kill_tree
 from tests.e2e.test_dvc_pipeline import DATA_STAGES, ROOT, TINY
-from tests.support.fake_kaggle import FakeKaggle, Reply, competition_archive, free_port
+from tests.e2e.test_secrets import assert_no_secret, assert_no_secret_in_files, secret_forms, write_kaggle_json
+from tests.support.fake_kaggle import FakeKaggle, Reply, competition_archive
+from tests.support.prefect_server import (
+    Api,
+    prefect_argv,
+    running_server,
+    shared_harness,
+    start_process,
+    stop_shared_harness,
+    wait_for,
+)
 
 # retrieved_at makes SOURCE.json differ between two downloads of the same data; each stage's lineage record
 # holds its run's time and id.
@@ -46,48 +57,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Prefect's test harness (a temporary server and database) for the whole session; yields its API URL."""
-    from prefect.context import refresh_global_settings_context
-    from prefect.settings import get_current_settings
-    from prefect.testing.utilities import prefect_test_harness
+    """Prefect's test harness (a temporary server and database) for the whole session; yields its API URL.
 
-    home = tmp_path_factory.mktemp("prefect-home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PREFECT_HOME", str(home))
-        patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        patch.setenv("DO_NOT_TRACK", "1")
-        patch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-        refresh_global_settings_context()
-        # A loaded 2-core CI machine takes well over Prefect's default 30 s to start the server.
-        with prefect_test_harness(server_startup_timeout=180):
-            yield str(get_current_settings().api.url)
-    refresh_global_settings_context()
-
-
-class Api:
-    """The few Prefect REST calls the tests read results with."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
-
-    def post(self, path: str, payload: Mapping[str, Any] | None = None) -> Any:
-        response = httpx.post(f"{self.url}{path}", json=dict(payload or {}), timeout=30)
-        response.raise_for_status()
-        return response.json()
-
-    def task_runs(self, flow_run_id: str) -> dict[str, dict[str, Any]]:
-        runs = self.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
-        return {run["name"]: run for run in runs}
-
-    def artifacts(self, flow_run_id: str) -> dict[str, dict[str, Any]]:
-        found = self.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
-        return {artifact["key"]: artifact for artifact in found}
-
-    def logs(self, flow_run_id: str) -> list[dict[str, Any]]:
-        from prefect.logging.handlers import APILogWorker
-
-        APILogWorker.drain_all(timeout=10)  # the run's last log lines are sent in the background
-        return self.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}})
+    One harness per test process, whichever module asks first (tests/e2e/test_concurrency.py uses it too).
+    """
+    yield shared_harness(tmp_path_factory.mktemp("prefect-home"))
+    stop_shared_harness()
 
 
 def flow_run_id(state: Any) -> str:
@@ -135,19 +110,19 @@ def test_flow_runs_the_stages_then_skips_them_and_agrees_with_dvc_repro(prefect_
     assert lock_without_volatile_outs(twin) == lock_without_volatile_outs(workspace)
 
 
-def test_download_failing_twice_is_retried_by_prefect(
+def test_download_failing_twice_is_retried_by_prefect_and_no_run_records_the_key(
     prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    api = Api(prefect_api)
     outer, train = competition_archive(per_class=3)
     workspace = prepare_workspace(ROOT, tmp_path / "ws", {**TINY, "data": {"source": "kaggle", "retries": 0}})
     home = tmp_path / "home"
-    (home / ".kaggle").mkdir(parents=True)
     with FakeKaggle(outer) as kaggle:
-        # Kaggle answers 503 twice; cvpipe's own retries are off, so each failure fails the stage.
-        kaggle.script("download", Reply(503, "Service Unavailable"), Reply(503, "Service Unavailable"))
+        # The key in the environment and in kaggle.json, as a user may well have it.
+        key_file = write_kaggle_json(home / ".kaggle", kaggle.username, kaggle.key)
         for name, value in {
             "HOME": str(home),
-            "KAGGLE_CONFIG_DIR": str(home / ".kaggle"),
+            "KAGGLE_CONFIG_DIR": str(key_file.parent),
             "KAGGLE_USERNAME": kaggle.username,
             "KAGGLE_KEY": kaggle.key,
             "CVPIPE_KAGGLE_ENDPOINT": kaggle.endpoint,
@@ -155,6 +130,13 @@ def test_download_failing_twice_is_retried_by_prefect(
             "no_proxy": "127.0.0.1,localhost",
         }.items():
             monkeypatch.setenv(name, value)
+        # A run that fails: Kaggle turns the key down (401), which no retry can fix.
+        kaggle.script("download", Reply(401, "Unauthenticated"))
+        failed = cvpipe_pipeline(
+            targets=["download"], project_dir=str(workspace), download_retries=0, return_state=True
+        )
+        # Kaggle answers 503 twice; cvpipe's own retries are off, so each failure fails the stage.
+        kaggle.script("download", Reply(503, "Service Unavailable"), Reply(503, "Service Unavailable"))
         state = cvpipe_pipeline(
             targets=["download"],
             project_dir=str(workspace),
@@ -163,13 +145,35 @@ def test_download_failing_twice_is_retried_by_prefect(
             return_state=True,
         )
         requests = kaggle.count("download")
+    assert failed.is_failed() and "Kaggle rejected the credentials (401)" in (failed.message or "")
     assert state.is_completed(), state.message
     assert state.result() == {"download": "ran"}
-    assert requests == 3
+    assert requests == 4
     assert (workspace / "data/raw/images.zip").read_bytes() == train
-    download = Api(prefect_api).task_runs(flow_run_id(state))["download"]
+    download = api.task_runs(flow_run_id(state))["download"]
     assert download["run_count"] == 3 and download["state_type"] == "COMPLETED"
-    assert kaggle.key not in (workspace / "dvc.lock").read_text() + (workspace / "data/raw/SOURCE.json").read_text()
+
+    # The key is in no log line, artifact, state or parameter of either run, as the server holds them...
+    secrets = secret_forms(kaggle.username, kaggle.key)
+    for run in (failed, state):
+        run_id = flow_run_id(run)
+        logs, artifacts = api.logs(run_id), api.artifacts(run_id)
+        assert any("Service Unavailable" in log["message"] or "(401)" in log["message"] for log in logs)
+        assert "cvpipe-summary" in artifacts
+        records = [logs, artifacts, api.task_runs(run_id), api.flow_run(run_id), run.message]
+        assert_no_secret(json.dumps(records), secrets, f"Prefect's records of flow run {run_id}")
+    # ...nor anywhere in the server's database, nor in any file of the workspace (dvc.lock, .dvc/tmp, the run
+    # record, lineage records, the failed attempts' too).
+    assert_no_secret_in_files([harness_database_dir(), Path(os.environ["PREFECT_HOME"])], secrets)
+    assert assert_no_secret_in_files([workspace, home], secrets, allowed=[key_file]) > 20
+
+
+def harness_database_dir() -> Path:
+    """The folder of the test harness's SQLite database (the database, its journal and write-ahead log)."""
+    from prefect.settings import get_current_settings
+
+    url = str(get_current_settings().server.database.connection_url.get_secret_value())
+    return Path(url.split(":///", 1)[1]).parent
 
 
 # -- a fake DAG for the failure and concurrency semantics ---------------------------------------------------------
@@ -179,8 +183,12 @@ import json, os, sys, time
 name, out, seconds, code = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 os.makedirs("trace", exist_ok=True)
 tag = name.replace("@", "_")
+with open("trace/runs.log", "a") as f:  # every start of every stage command, whoever started it
+    f.write(f"{name} {os.getpid()}\\n")
 with open(f"trace/{tag}.start", "w") as f:
     json.dump({"pid": os.getpid(), "t": time.time()}, f)
+while os.path.exists(f"hold-{tag}"):  # a test holds the stage here until it removes the file
+    time.sleep(0.05)
 time.sleep(seconds)
 if code:
     print(f"2026-01-02 03:04:05,678 ERROR cvpipe.fake: {name} failing on purpose", file=sys.stderr, flush=True)
@@ -202,7 +210,12 @@ with open(f"trace/{tag}.end", "w") as f:
 
 
 def fake_project(dest: Path, variants: Mapping[str, tuple[float, int]]) -> Path:
-    """A git + DVC repo: prep -> train@<variant> (sleep s, exit code) -> evaluate@<variant> -> report."""
+    """A git + DVC repo: prep -> train@<variant> (sleep s, exit code) -> evaluate@<variant> -> report.
+
+    Each stage's command records its start and end in ``trace/<stage>.start|end`` (``@`` as ``_``), appends
+    ``<stage> <pid>`` to ``trace/runs.log`` and, while a file ``hold-<stage>`` exists in the repo, waits: a
+    test holds a stage running for as long as it needs.
+    """
     dest.mkdir(parents=True)
     (dest / "stage.py").write_text(STAGE_SCRIPT)
     stages = {
@@ -230,11 +243,13 @@ def fake_project(dest: Path, variants: Mapping[str, tuple[float, int]]) -> Path:
         },
     }
     (dest / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
-    (dest / ".gitignore").write_text("/trace/\n")
+    (dest / ".gitignore").write_text("/trace/\n/hold-*\n")
     (dest / "params.yaml").write_text("{}\n")  # cvpipe's defaults: the flow validates params before running
     run_tool(["git", "init", "-q"], dest)
     run_tool(dvc("init", "-q"), dest)
-    run_tool(dvc("config", "core.autostage", "false"), dest)
+    # What `dvc config core.autostage false` writes into the empty config of `dvc init`, without another DVC
+    # start-up (a second or more on a loaded machine); it keeps a developer's global setting out of the test.
+    (dest / ".dvc" / "config").write_text("[core]\n    autostage = false\n")
     return dest
 
 
@@ -303,30 +318,6 @@ def test_failed_and_timed_out_variants_leave_the_others_done_and_fail_the_flow(
 # -- a real server, a deployment from prefect.yaml, a worker -----------------------------------------------------
 
 
-def _wait_for(predicate: Any, timeout: float, what: str, procs: Mapping[str, subprocess.Popen[str]]) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for name, proc in procs.items():
-            if proc.poll() is not None:
-                raise AssertionError(f"{name} exited with {proc.returncode} while waiting for {what}")
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def _server_up(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _prefect(*args: str) -> list[str]:
-    return [sys.executable, "-m", "prefect", *args]
-
-
 @pytest.fixture
 def prefect_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], dict[str, subprocess.Popen[str]]]]:
     """``prefect server start`` on a free 127.0.0.1 port; yields (API URL, env for CLIs, processes to watch).
@@ -334,48 +325,12 @@ def prefect_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], dict[s
     Every process registered in the yielded dict (the server, and whatever the test adds) is stopped with all
     its children at teardown, the server last.
     """
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": url,
-        "PREFECT_SERVER_UI_ENABLED": "false",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "DVC_NO_ANALYTICS": "1",
-        "PREFECT_WORKER_QUERY_SECONDS": "2",
-        "PYTHONPATH": str(ROOT),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "NO_PROXY": "127.0.0.1,localhost",
-    }
-    log_dir = tmp_path / "logs"
-    log_dir.mkdir()
-    procs: dict[str, subprocess.Popen[str]] = {}
-    try:
-        with open(log_dir / "server.log", "w") as server_log:
-            procs["server"] = subprocess.Popen(
-                _prefect("server", "start", "--host", "127.0.0.1", "--port", str(port)),
-                env=env,
-                cwd=tmp_path,
-                stdout=server_log,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        _wait_for(lambda: _server_up(url), 120, "the Prefect server", procs)
-        yield url, env, procs
-    finally:
-        for name in [name for name in procs if name != "server"] + ["server"]:
-            if name in procs:
-                kill_tree(procs[name].pid)
-                procs[name].wait(timeout=30)
-        for log_file in sorted(log_dir.glob("*.log")):
-            sys.stderr.write(f"--- {log_file.name} (tail) ---\n{''.join(log_file.read_text().splitlines(True)[-15:])}")
+    with running_server(tmp_path, {"PREFECT_WORKER_QUERY_SECONDS": "2"}) as server:
+        yield server
 
 
 def _start(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> subprocess.Popen[str]:
-    with open(log_dir / f"{name}.log", "w") as log:
-        return subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+    return start_process(name, argv, env, log_dir, ROOT)
 
 
 def _completed_scheduled_run(
@@ -386,7 +341,7 @@ def _completed_scheduled_run(
         "deployments": {"name": {"any_": [deployment]}},
         "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
     }
-    runs = _wait_for(lambda: api.post("/flow_runs/filter", query), timeout, f"a run of {deployment}", procs)
+    runs = wait_for(lambda: api.flow_runs(query), timeout, f"a run of {deployment}", procs)
     return runs[0]
 
 
@@ -409,14 +364,14 @@ def test_scheduled_runs_from_prefect_yaml_and_serve_complete_with_artifacts(
 
     # 1. The project's own prefect.yaml: a 10 s interval added to its nightly cron, the fake project, a worker.
     subprocess.run(
-        _prefect("work-pool", "create", "cvpipe", "--type", "process"),
+        prefect_argv("work-pool", "create", "cvpipe", "--type", "process"),
         env=env,
         cwd=ROOT,
         check=True,
         capture_output=True,
     )
     deploy = subprocess.run(
-        _prefect(
+        prefect_argv(
             "--no-prompt",
             "deploy",
             "--prefect-file",
@@ -438,7 +393,7 @@ def test_scheduled_runs_from_prefect_yaml_and_serve_complete_with_artifacts(
     assert {"cron": "0 2 * * *", "timezone": "UTC", "day_or": True} in [s["schedule"] for s in deployment["schedules"]]
     assert deployment["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
     assert deployment["global_concurrency_limit"]["limit"] == 1
-    procs["worker"] = _start("worker", _prefect("worker", "start", "--pool", "cvpipe"), env, log_dir)
+    procs["worker"] = _start("worker", prefect_argv("worker", "start", "--pool", "cvpipe"), env, log_dir)
     run = _completed_scheduled_run(api, "nightly", procs)
     _assert_run_has_stages_and_artifacts(api, run, workspace)
     record = json.loads((workspace / RUN_RECORD).read_text())
