@@ -1,17 +1,39 @@
 """Image decoding shared by the ingest and decode stages: one way to open, orient, convert and resize.
 
-Resize policy (the only one in cvpipe): JPEGs are first decoded at the smallest DCT scale that is still at
-least the target size on both sides (Pillow's ``draft``, libjpeg's scaled decode: far less work than a full
-decode), then EXIF orientation is applied, the image is converted to RGB, and squashed to size x size with
-Pillow's antialiased BILINEAR filter. Squashing (no crop, no padding) matches what the seed's
-``image_dataset_from_directory(image_size=(180, 180))`` does; the filter differs slightly from TF's
-non-antialiased bilinear (about 3.7 grey levels on average), which is why every stage uses this function.
+Resize policy (the only one in cvpipe), what :func:`load_rgb` returns for ``size``:
+
+1. **DCT-domain downscale.** A JPEG is decoded at the smallest power-of-two scale (1, 1/2, 1/4, 1/8) whose
+   sides are still at least ``size``: Pillow's ``draft`` rule, libjpeg-turbo's scaled IDCT. This does most of
+   the shrinking, with the low-pass filtering of the DCT, for far less work than a full decode.
+2. **EXIF orientation** is applied, and the image converted to 8-bit RGB (transparency on white, 16-bit
+   rescaled): :func:`to_rgb`.
+3. **Squash** to ``size x size`` (no crop, no padding, as the seed's
+   ``image_dataset_from_directory(image_size=(180, 180))`` squashes) with OpenCV's
+   ``INTER_LINEAR_EXACT``: bilinear interpolation with half-pixel centres, the interpolation the seed's
+   ``tf.image.resize`` uses, in fixed-point arithmetic that OpenCV guarantees bit-exact across CPUs and
+   SIMD paths. The seed applies it to the full image (factors of 2-3 at Kaggle's 500 x 375, so it
+   aliases); here step 1 has already brought the image to less than twice ``size`` on its short side.
+
+Two decoders, one result. Plain JPEGs (YCbCr or greyscale, no EXIF rotation) go through simplejpeg, which
+calls the same libjpeg-turbo with the same settings as Pillow (accurate integer IDCT, fancy upsampling) at
+the same scale, straight into a NumPy array; everything else (other formats, CMYK, rotated, anything
+simplejpeg refuses) goes through Pillow. Both give identical pixels for a JPEG that either can decode
+(tested), so the choice never changes the cache.
+
+History: until the performance issue the squash was Pillow's antialiased BILINEAR. On 300-500 px JPEGs it
+cost more than the decode itself (~1 ms an image against ~0.6 ms) and made the decode stage slower than the
+seed's ``image_dataset_from_directory``; bilinear after the DCT downscale is within 0.2 grey levels of it in
+mean error against a full-decode Lanczos reference (1.38 against 1.21; the seed's full-decode
+non-antialiased resize: 1.71) at 5-6x less resize time. ``docs/performance.md`` has the figures.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import struct
 import warnings
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -21,6 +43,17 @@ from PIL import Image, ImageOps
 Image.MAX_IMAGE_PIXELS = None
 
 _WHITE = (255, 255, 255)
+_JPEG_SOI = b"\xff\xd8"
+_EXIF_PREFIX = b"Exif\x00\x00"
+_XMP_PREFIX = b"http://ns.adobe.com/xap/1.0/"
+_ORIENTATION_TAG = 0x0112
+_SHORT = 3
+# Colour spaces simplejpeg's header reports that decode to RGB exactly as Pillow decodes them.
+_FAST_COLORSPACES = frozenset({"YCbCr", "Gray"})
+# Markers without a length field (SOI, TEM, RST0-7) and the ones after which no metadata can follow (SOS, EOI).
+_STANDALONE_MARKERS = frozenset({0xD8, 0x01, *range(0xD0, 0xD8)})
+_SCAN_MARKERS = frozenset({0xDA, 0xD9})
+_MAX_DRAFT_SCALE = 8
 
 
 def open_image(data: bytes) -> Image.Image:
@@ -52,7 +85,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def decode_oriented(data: bytes, draft_size: int | None = None) -> Image.Image:
-    """Decode image bytes fully, upright and in RGB.
+    """Decode image bytes fully, upright and in RGB, with Pillow.
 
     Args:
         data: the encoded file.
@@ -68,9 +101,180 @@ def decode_oriented(data: bytes, draft_size: int | None = None) -> Image.Image:
     return to_rgb(ImageOps.exif_transpose(image))
 
 
-def load_rgb(data: bytes, size: int) -> np.ndarray:
-    """Decode, orient and squash an image to a ``size x size x 3`` uint8 array (the cache's format)."""
-    image = decode_oriented(data, draft_size=size)
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
+def draft_scale(width: int, height: int, size: int) -> int:
+    """Return the JPEG DCT scale denominator Pillow's ``draft`` picks.
+
+    The largest of 1, 2, 4, 8 that keeps both sides >= ``size``; libjpeg rounds the scaled sides up.
+    """
+    fits = min(width // size, height // size)
+    scale = 1
+    while scale < _MAX_DRAFT_SCALE and fits >= 2 * scale:
+        scale *= 2
+    return scale
+
+
+def _exif_orientation(tiff: bytes) -> int | None:
+    """Return the Orientation tag of a TIFF block's first IFD (1 when absent), or None when unsure."""
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return None
+    endian = "<" if tiff[:2] == b"II" else ">"
+    magic, offset = struct.unpack_from(endian + "HI", tiff, 2)
+    if magic != 42 or offset + 2 > len(tiff):
+        return None
+    (count,) = struct.unpack_from(endian + "H", tiff, offset)
+    if offset + 2 + 12 * count > len(tiff):
+        return None
+    found = [
+        struct.unpack_from(endian + "HHIH", tiff, offset + 2 + 12 * index)
+        for index in range(count)
+        if struct.unpack_from(endian + "H", tiff, offset + 2 + 12 * index)[0] == _ORIENTATION_TAG
+    ]
+    if not found:
+        return 1
+    if len(found) > 1:  # which one Pillow keeps is its business: let it decide
+        return None
+    _, kind, values, value = found[0]
+    return value if kind == _SHORT and values == 1 else None
+
+
+def jpeg_orientation(data: bytes) -> int | None:
+    """Return the EXIF orientation Pillow would apply to a JPEG (1: none), or None when unsure.
+
+    Walks the marker segments up to the first scan. None (the caller then lets Pillow decide) for anything
+    this short parser does not model exactly as Pillow does: several EXIF blocks (Pillow joins them), XMP
+    (Pillow reads an orientation from it when EXIF has none), malformed segments.
+    """
+    if not data.startswith(_JPEG_SOI):
+        return None
+    position, end = 2, len(data)
+    exif: bytes | None = None
+    while position + 4 <= end:
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in _SCAN_MARKERS:
+            break
+        if marker in _STANDALONE_MARKERS:
+            position += 2
+            continue
+        (length,) = struct.unpack_from(">H", data, position + 2)
+        segment = data[position + 4 : position + 2 + length]
+        if length < 2 or position + 2 + length > end:
+            return None
+        if marker == 0xE1 and segment.startswith(_XMP_PREFIX):
+            return None
+        if marker == 0xE1 and segment.startswith(_EXIF_PREFIX):
+            if exif is not None:
+                return None
+            exif = segment[len(_EXIF_PREFIX) :]
+        position += 2 + length
+    else:
+        return None  # ran off the end before a scan: let Pillow report it
+    return 1 if exif is None else _exif_orientation(exif)
+
+
+@functools.cache
+def _simplejpeg() -> Any:
+    """Import simplejpeg on first use (ingest, which only hashes, never needs it)."""
+    import simplejpeg
+
+    return simplejpeg
+
+
+@functools.cache
+def _cv2() -> Any:
+    """Import OpenCV on first use, single-threaded.
+
+    Callers parallelise over images with processes; OpenCV's own thread pool in every worker would only
+    oversubscribe the cores. The setting is process-wide, and cvpipe has no other OpenCV user.
+    """
+    import cv2
+
+    cv2.setNumThreads(1)
+    return cv2
+
+
+def load_decoders() -> None:
+    """Import the decoders now: a process pool forked afterwards starts with them loaded.
+
+    Each worker would otherwise import OpenCV itself (~0.15 s of CPU), once per pool.
+    """
+    _simplejpeg()
+    _cv2()
+
+
+_scratch = np.empty(0, dtype=np.uint8)
+
+
+def _scratch_for(nbytes: int) -> np.ndarray:
+    """This process's reusable decode buffer, grown to at least ``nbytes``.
+
+    A fresh array per image (~0.3 MB) would come back from the allocator as new pages every time, and the
+    kernel's page faults and zeroing cost a third as much as the decode itself.
+    """
+    global _scratch
+    if _scratch.nbytes < nbytes:
+        _scratch = np.empty(max(nbytes, 2 * _scratch.nbytes), dtype=np.uint8)
+    return _scratch
+
+
+def _decode_plain_jpeg(data: bytes, size: int) -> np.ndarray | None:
+    """Decode a YCbCr/greyscale JPEG without EXIF rotation at its draft scale, as RGB; None for any other.
+
+    The array returned is a view of this process's scratch buffer, valid until the next call.
+    """
+    if not data.startswith(_JPEG_SOI) or jpeg_orientation(data) != 1:
+        return None
+    simplejpeg = _simplejpeg()
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        if colorspace not in _FAST_COLORSPACES:
+            return None
+        scale = draft_scale(width, height, size)
+        shape = (-(-height // scale), -(-width // scale), 3)
+        # simplejpeg picks the smallest libjpeg-turbo scale giving at least these sides: 1/scale exactly.
+        buffer = _scratch_for(shape[0] * shape[1] * 3)
+        array = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=shape[0], min_width=shape[1], buffer=buffer)
+    except ValueError:  # undecodable, or a warning in strict mode: Pillow decides (and reports) instead
+        return None
+    return array if array.shape == shape else None
+
+
+def squash(array: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Resize an ``H x W x 3`` uint8 image to ``size x size x 3`` by the policy's bilinear interpolation.
+
+    Args:
+        array: the image.
+        size: the side of the result.
+        out: a C-contiguous ``size x size x 3`` uint8 array to write the result into (e.g. a row of a
+            batch); ``None``: a new array.
+    """
+    target = out if out is not None else np.empty((size, size, 3), dtype=np.uint8)
+    if array.shape[:2] == (size, size):
+        target[...] = array
+        return target
+    cv2 = _cv2()
+    resized = cv2.resize(np.ascontiguousarray(array), (size, size), dst=target, interpolation=cv2.INTER_LINEAR_EXACT)
+    if resized is not target:  # OpenCV writes into dst when it fits; never rely on it silently
+        target[...] = resized
+    return target
+
+
+def load_rgb(data: bytes, size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode, orient and squash an image to a ``size x size x 3`` uint8 array (the cache's format).
+
+    Args:
+        data: the encoded image.
+        size: the side of the result.
+        out: where to write the result (see :func:`squash`); ``None``: a new array.
+
+    Raises:
+        Whatever Pillow raises for undecodable data.
+    """
+    array = _decode_plain_jpeg(data, size)
+    if array is None:
+        array = np.asarray(decode_oriented(data, draft_size=size), dtype=np.uint8)
+    return squash(array, size, out)

@@ -7,9 +7,11 @@ with 1 or N workers.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -36,12 +38,32 @@ def chunked(count: int, parts: int) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1]) for i in range(parts) if bounds[i] < bounds[i + 1]]
 
 
+def _ready() -> int:
+    return os.getpid()
+
+
+def start_pool(workers: int) -> ProcessPoolExecutor | None:
+    """Start ``workers`` worker processes now, or return None when ``workers <= 1`` (work runs in-process).
+
+    Forked workers inherit this process's memory as it is at the fork. A stage that starts its pool before
+    loading its (size-dependent) tables gives workers whose memory does not depend on the dataset's size,
+    and one pool serves all its splits. With the fork start method every worker starts on the first submit.
+    """
+    if workers <= 1:
+        return None
+    pool = ProcessPoolExecutor(max_workers=workers)
+    pool.submit(_ready).result()
+    return pool
+
+
 def map_chunks(
     work: Callable[[Sequence[T]], list[R]],
     items: Sequence[T],
     workers: int,
     progress: Callable[[int], None] | None = None,
     chunks_per_worker: int = 8,
+    max_chunk: int | None = None,
+    pool: Executor | None = None,
 ) -> list[R]:
     """Apply ``work`` to chunks of ``items`` in a process pool and return the results in input order.
 
@@ -51,21 +73,27 @@ def map_chunks(
         workers: pool size (see :func:`worker_count`); 1 runs in this process.
         progress: called with the number of items finished after each chunk.
         chunks_per_worker: more, smaller chunks give a smoother progress bar and better balance.
+        max_chunk: at most this many items per chunk, for work whose memory grows with its chunk (a
+            worker that buffers its chunk's output); ``None``: no bound.
+        pool: a running pool to use (see :func:`start_pool`), left running; ``None``: a pool of ``workers``
+            is started and shut down here.
     """
     count = len(items)
     if count == 0:
         return []
+    # Enough chunks that none exceeds max_chunk: memory then stays flat however many items there are.
+    at_least = math.ceil(count / max_chunk) if max_chunk else 1
     if workers <= 1 or count < _MIN_PARALLEL_ITEMS:
         results: list[R] = []
-        for start, stop in chunked(count, max(1, count // 256)):
+        for start, stop in chunked(count, max(1, count // 256, at_least)):
             results.extend(work(items[start:stop]))
             if progress is not None:
                 progress(stop - start)
         return results
-    ranges = chunked(count, workers * chunks_per_worker)
+    ranges = chunked(count, max(workers * chunks_per_worker, at_least))
     slots: list[list[R] | None] = [None] * len(ranges)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(work, items[start:stop]): index for index, (start, stop) in enumerate(ranges)}
+    with contextlib.nullcontext(pool) if pool is not None else ProcessPoolExecutor(max_workers=workers) as running:
+        futures = {running.submit(work, items[start:stop]): index for index, (start, stop) in enumerate(ranges)}
         for future in as_completed(futures):
             index = futures[future]
             slots[index] = future.result()
