@@ -32,6 +32,7 @@ from PIL import Image, ImageOps
 from cvpipe.config import SPLITS, AuditConfig
 from cvpipe.errors import DataError
 from cvpipe.io import write_bytes_atomic, write_json_atomic
+from cvpipe.split import close_hash_pairs, hex_to_uint64
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,7 @@ THUMBNAIL_SIDE = 128
 UNUSED = "unused"
 # Pair classes, in the order the report lists them (leaks first).
 KINDS = ("cross_split", "within_split", "one_unused", "unused")
-_BLOCK = 1024
 _HASH_DRAFT_SIZE = 64  # as ingest: a hash looks at a 32x32 or smaller greyscale thumbnail anyway
-
-
-def hex_to_uint64(values: pd.Series) -> np.ndarray:
-    """Parse 16-hex-digit hashes into uint64."""
-    return np.array([int(value, 16) for value in values], dtype=np.uint64)
 
 
 def _hash_image(data: bytes, method: str) -> tuple[int, int]:
@@ -77,38 +72,22 @@ def image_hashes(images: pd.DataFrame, archive_path: Path, method: str) -> tuple
 def close_pairs(hashes: np.ndarray, flipped: np.ndarray, threshold: int) -> pd.DataFrame:
     """Pairs ``i < j`` within ``threshold`` bits: columns ``i``, ``j``, ``distance``, ``mirrored``.
 
-    The distance is the smallest of image-to-image and image-to-mirror (both ways, since a hash of a mirror
-    is only approximately symmetric); ``mirrored`` says the smallest was through a mirror. Blocked, so
-    memory stays ``_BLOCK x N``.
+    The pairs the split stage keeps together (:func:`cvpipe.split.close_hash_pairs`). The distance is the
+    smallest of image-to-image and image-to-mirror; ``mirrored`` says the smallest was through a mirror.
     """
-    found = []
-    count = len(hashes)
-    for start in range(0, count, _BLOCK):
-        block = slice(start, min(start + _BLOCK, count))
-        direct = np.bitwise_count(hashes[block, None] ^ hashes[None, :])
-        mirror = np.minimum(
-            np.bitwise_count(flipped[block, None] ^ hashes[None, :]),
-            np.bitwise_count(hashes[block, None] ^ flipped[None, :]),
-        )
-        distance = np.minimum(direct, mirror)
-        rows, cols = np.nonzero(distance <= threshold)
-        keep = rows + start < cols
-        rows, cols = rows[keep], cols[keep]
-        found.append(
-            pd.DataFrame(
-                {
-                    "i": rows + start,
-                    "j": cols,
-                    "distance": distance[rows, cols].astype(np.int64),
-                    "mirrored": mirror[rows, cols] < direct[rows, cols],
-                }
-            )
-        )
-    if not found:
-        return pd.DataFrame({"i": [], "j": [], "distance": [], "mirrored": []}).astype(
-            {"i": "int64", "j": "int64", "distance": "int64", "mirrored": bool}
-        )
-    return pd.concat(found, ignore_index=True)
+    columns: dict[str, list[np.ndarray]] = {"i": [], "j": [], "distance": [], "mirrored": []}
+    for i, j, direct, mirror in close_hash_pairs(hashes, flipped, threshold):
+        columns["i"].append(i)
+        columns["j"].append(j)
+        columns["distance"].append(np.minimum(direct, mirror))
+        columns["mirrored"].append(mirror < direct)
+    dtypes = {"i": np.int64, "j": np.int64, "distance": np.int64, "mirrored": bool}
+    return pd.DataFrame(
+        {
+            name: np.concatenate(parts).astype(dtypes[name]) if parts else np.empty(0, dtypes[name])
+            for name, parts in columns.items()
+        }
+    )
 
 
 def unique_images(manifest: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:

@@ -10,9 +10,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from cvpipe import archive as archive_module
+from cvpipe import ingest as ingest_module
 from cvpipe.config import IngestConfig
 from cvpipe.errors import DataError, SourceError
 from cvpipe.ingest import build_manifest, label_of, run_ingest
+from cvpipe.io import write_parquet
 from tests.conftest import FIXED_TIME, image_bytes, jpeg_bytes
 
 CLASSES = ["cat", "dog"]
@@ -137,6 +140,42 @@ def test_bad_crc_member_is_quarantined(make_zip) -> None:
     manifest = manifest_of(archive)
     assert "cannot be read from the archive (BadZipFile" in manifest.loc["train/cat.0.jpg", "reason"]
     assert manifest.loc["train/dog.0.jpg", "status"] == "ok"
+
+
+def test_encrypted_and_corrupt_deflate_members_are_quarantined(make_zip) -> None:
+    # Both used to stop the whole stage (zipfile raises RuntimeError and zlib.error for them).
+    members = {"train/cat.0.jpg": jpeg_bytes(0), "train/cat.1.jpg": jpeg_bytes(1), "train/dog.0.jpg": jpeg_bytes(2)}
+    archive = make_zip(members, compression=zipfile.ZIP_DEFLATED)
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as reading:
+        encrypted, corrupt = reading.getinfo("train/cat.0.jpg"), reading.getinfo("train/cat.1.jpg")
+    data[encrypted.header_offset + 6] |= 0x1  # the encryption flag, in the local header and the directory
+    data[data.rindex(b"train/cat.0.jpg") - 46 + 8] |= 0x1
+    start = corrupt.header_offset + 30 + len(corrupt.filename)
+    data[start : start + 8] = b"\xff" * 8  # an invalid deflate block
+    archive.write_bytes(bytes(data))
+    manifest = manifest_of(archive)
+    assert "(RuntimeError: File 'train/cat.0.jpg' is encrypted" in manifest.loc["train/cat.0.jpg", "reason"]
+    assert "(error: Error -3 while decompressing" in manifest.loc["train/cat.1.jpg", "reason"]
+    assert manifest.loc["train/dog.0.jpg", "status"] == "ok"
+
+
+def test_ordinary_members_are_listed_and_read_without_zipfile(make_zip, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The memory fix: no ZipFile (a ZipInfo per archive entry) per worker chunk, nor for the listing.
+    archive = make_zip({"train/cat.0.jpg": jpeg_bytes(0), "train/dog.0.jpg": jpeg_bytes(1)})
+    monkeypatch.setattr(archive_module.zipfile, "ZipFile", None)
+    assert list(manifest_of(archive)["status"]) == ["ok", "ok"]
+
+
+def test_batches_change_nothing(synthetic_archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _ = synthetic_archive
+    whole = build_manifest(path, IngestConfig(workers=1), "filename", CLASSES)
+    monkeypatch.setattr(ingest_module, "_BATCH", 7)
+    batched = build_manifest(path, IngestConfig(workers=1), "filename", CLASSES)
+    pd.testing.assert_frame_equal(batched, whole)
+    write_parquet(whole, tmp_path / "whole.parquet")
+    write_parquet(batched, tmp_path / "batched.parquet")
+    assert (tmp_path / "whole.parquet").read_bytes() == (tmp_path / "batched.parquet").read_bytes()
 
 
 def test_folder_labels(make_zip) -> None:

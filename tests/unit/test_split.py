@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cvpipe import split as split_module
 from cvpipe.config import IngestConfig, SplitConfig, SplitCounts, SplitFractions
 from cvpipe.errors import DataError
 from cvpipe.ingest import run_ingest
@@ -71,6 +72,20 @@ def test_near_duplicate_pairs_match_brute_force() -> None:
     }
     assert (3, 7) in pairs and (10, 200) in pairs
     assert pairs == expected
+
+
+@pytest.mark.parametrize("budget", [1, 7, 300, 10_000])
+def test_near_duplicate_pairs_do_not_depend_on_the_block_size(budget: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(1)
+    hashes = rng.integers(0, 2**63, size=120, dtype=np.int64).astype(np.uint64)
+    hashes[60:] = hashes[:60] ^ rng.integers(0, 8, size=60).astype(np.uint64)  # a partner 0-3 bits away
+    flipped = np.roll(hashes, 7)
+    expected = near_duplicate_pairs(hashes, flipped, threshold=4)
+    monkeypatch.setattr(split_module, "_BLOCK_ELEMENTS", budget)  # 1: one row per block; 10,000: one block
+    pairs = near_duplicate_pairs(hashes, flipped, threshold=4)
+    assert len(expected) >= 60 and pairs.dtype == np.int64
+    np.testing.assert_array_equal(pairs, expected)
+    assert pairs.tolist() == sorted(pairs.tolist())
 
 
 def test_connected_groups_are_transitive() -> None:

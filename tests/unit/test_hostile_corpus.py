@@ -1,0 +1,98 @@
+"""Hostile inputs of issue 7 not covered by test_ingest.py / test_split.py (the list is docs/reliability.md).
+
+Each case asserts what cvpipe does: a quarantine record with a reason while the rest goes through, or one
+clear line.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cvpipe.config import IngestConfig, SplitConfig, SplitCounts
+from cvpipe.errors import DataError
+from cvpipe.ingest import build_manifest, run_ingest
+from cvpipe.split import run_split
+from tests.conftest import image_bytes, jpeg_bytes, write_zip
+
+CLASSES = ["cat", "dog"]
+
+
+def manifest_of(path: Path) -> pd.DataFrame:
+    return build_manifest(path, IngestConfig(workers=1), "filename", CLASSES).set_index("member")
+
+
+def declared_png(width: int, height: int) -> bytes:
+    """A PNG whose header declares ``width`` x ``height`` but whose data is a few bytes (a pixel bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+
+
+def test_static_gif_named_jpg_is_kept_with_its_format(tmp_path: Path) -> None:
+    still = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 60, 3), dtype=np.uint8))
+    archive = write_zip(tmp_path / "a.zip", {"train/cat.0.jpg": image_bytes(still, "GIF")})
+    row = manifest_of(archive).loc["train/cat.0.jpg"]
+    assert (row["status"], row["format"]) == ("ok", "GIF")
+
+
+def test_20000_by_20000_declared_is_quarantined_unread(tmp_path: Path) -> None:
+    members = {"train/cat.0.jpg": declared_png(20000, 20000), "train/dog.0.jpg": jpeg_bytes(1)}
+    manifest = manifest_of(write_zip(tmp_path / "a.zip", members))
+    assert "declared size 20000x20000 exceeds ingest.max_pixels" in manifest.loc["train/cat.0.jpg", "reason"]
+    assert manifest.loc["train/dog.0.jpg", "status"] == "ok"
+
+
+def test_nested_archive_member_is_quarantined(tmp_path: Path) -> None:
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as nested:
+        nested.writestr("cat.9.jpg", jpeg_bytes(3))
+    members = {
+        "train/cat.0.zip": inner.getvalue(),
+        "train/cat.1.jpg": inner.getvalue(),
+        "train/dog.0.jpg": jpeg_bytes(1),
+    }
+    manifest = manifest_of(write_zip(tmp_path / "a.zip", members))
+    for member in ("train/cat.0.zip", "train/cat.1.jpg"):
+        assert "not a decodable image" in manifest.loc[member, "reason"]
+    assert manifest.loc["train/dog.0.jpg", "status"] == "ok"
+
+
+def test_non_utf8_member_name_is_decoded_as_cp437_and_kept_apart(tmp_path: Path) -> None:
+    """No UTF-8 flag: zipfile decodes the raw bytes as CP437 (the zip standard); the name is then no class."""
+    path = write_zip(tmp_path / "a.zip", {"train/cat.0.jpg": jpeg_bytes(0), "train/dog.0.jpg": jpeg_bytes(1)})
+    path.write_bytes(path.read_bytes().replace(b"train/cat.0.jpg", b"train/c\xe4t.0.jpg"))  # same length
+    manifest = manifest_of(path)
+    odd = "train/c\u03a3t.0.jpg"  # 0xE4 in CP437
+    assert manifest.loc[odd, "status"] == "quarantined"
+    assert "unknown class" in manifest.loc[odd, "reason"]
+    assert manifest.loc["train/dog.0.jpg", "status"] == "ok"
+
+
+def test_empty_archive_says_so_in_one_line(tmp_path: Path) -> None:
+    empty = tmp_path / "images.zip"
+    with zipfile.ZipFile(empty, "w"):
+        pass
+    with pytest.raises(DataError, match="no usable image among 0 members"):
+        run_ingest(empty, tmp_path / "out", IngestConfig(workers=1), "filename", CLASSES)
+
+
+def test_data_of_one_class_only_names_the_missing_class(tmp_path: Path) -> None:
+    members = {f"train/cat.{n}.jpg": jpeg_bytes(n) for n in range(12)}
+    run_ingest(write_zip(tmp_path / "a.zip", members), tmp_path / "m", IngestConfig(workers=1), "filename", CLASSES)
+    counts = SplitConfig(per_class=SplitCounts(train=4, val=2, test=2))
+    with pytest.raises(DataError, match="class 'dog' has 0 usable unique images but the split asks for 8"):
+        run_split(tmp_path / "m/images.parquet", tmp_path / "s", counts, CLASSES)
