@@ -142,6 +142,8 @@ class FeaturesConfig(StrictModel):
     weights: str = Field("imagenet", min_length=1)
     batch_size: PositiveInt = 32
     dtype: Literal["float32", "float16"] = "float32"
+    # Compute dtype policy of the conv base: mixed_bfloat16 pays only on bf16 hardware (GPUs, AVX512-BF16, AMX).
+    precision: Literal["float32", "mixed_bfloat16"] = "float32"
 
 
 class VariantConfig(StrictModel):

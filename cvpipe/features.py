@@ -4,10 +4,17 @@ Reads ``{split}.npy`` (uint8, N x S x S x 3) and ``{split}_labels.npy`` from the
 writes, per split present, ``{split}.npy`` (N x h x w x 512, 5 x 5 x 512 at 180 px) and a row-aligned copy of
 the labels, then ``features.json`` last (weights identity, dtype, shapes, counts, Keras version, backend).
 
-Each split is one streaming pass: the images are memory-mapped and read ``batch_size`` rows at a time, and
-each batch's features are written straight into a memory-mapped output, so memory does not grow with the
-number of images. Outputs are written under a temporary name in the same folder and renamed only when
-complete, so a killed run never leaves a complete-looking ``.npy``.
+Each split is one streaming pass: the images are read ``batch_size`` rows at a time with positioned reads
+(:class:`NpyRows`) and each batch's features are appended to the output file, so resident memory does not
+grow with the number of images. (Memory maps would do the same work but count every page they touch,
+read or written, as the process's resident memory until unmapped: ~2.4 GB at 25,000 images of 180 px.)
+Outputs are written under a temporary name in the same folder and renamed only when complete, so a killed
+run never leaves a complete-looking ``.npy``.
+
+``precision`` is the compute dtype policy of the conv base: ``float32`` (default), or ``mixed_bfloat16``
+(bfloat16 matrix products, float32 weights), which is faster only where the CPU multiplies bfloat16 in
+hardware (AVX512-BF16, AMX) and on GPUs; its features stay within ~1e-2 relative error of float32
+(``bench/features_speed.py`` measures both). The images are preprocessed in float32 either way.
 
 Weights never come from the network: ``imagenet`` means the file Keras would have cached, which must
 already be in ``$KERAS_HOME/models`` (default ``~/.keras/models``); ``none`` means seeded random weights
@@ -46,6 +53,7 @@ KERAS_VGG16_MD5: dict[str, str] = {
 # Seed of the 'none' (random) weights: fixed so that the offline demo's features are reproducible.
 RANDOM_WEIGHTS_SEED = 0
 FEATURES_JSON = "features.json"
+PRECISIONS = ("float32", "mixed_bfloat16")
 
 
 # --------------------------------------------------------------------------------------------- weights
@@ -131,9 +139,30 @@ def _seed_random_weights(model: keras.Model, seed: int) -> None:
             layer.set_weights([_glorot_uniform(rng, v.shape) if v.ndim > 1 else np.zeros_like(v) for v in values])
 
 
-def _build_conv_base(weights_path: Path | None, input_shape: Sequence[int]) -> keras.Model:
+def check_precision(precision: str) -> str:
+    """Return ``precision`` if it is one of :data:`PRECISIONS`.
+
+    Raises:
+        CvpipeError: it is not.
+    """
+    if precision not in PRECISIONS:
+        raise CvpipeError(f"features precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def _conv_base_in(precision: str, input_shape: Sequence[int]) -> keras.Model:
+    """Build the VGG16 base under the dtype policy ``precision``, leaving the global policy as it was."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(check_precision(precision))
+    try:
+        return vgg16_conv_base(input_shape)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _build_conv_base(weights_path: Path | None, input_shape: Sequence[int], precision: str = "float32") -> keras.Model:
     """Build the VGG16 base and load ``weights_path`` into it (seeded random weights for ``None``)."""
-    base = vgg16_conv_base(input_shape)
+    base = _conv_base_in(precision, input_shape)
     if weights_path is None:
         _seed_random_weights(base, RANDOM_WEIGHTS_SEED)
         return base
@@ -151,20 +180,21 @@ def _build_conv_base(weights_path: Path | None, input_shape: Sequence[int]) -> k
     return base
 
 
-def load_conv_base(weights: str, input_shape: Sequence[int]) -> keras.Model:
+def load_conv_base(weights: str, input_shape: Sequence[int], precision: str = "float32") -> keras.Model:
     """Build the VGG16 convolutional base (no classifier) with local weights.
 
     Args:
         weights: ``imagenet``, ``none`` or a weights file path (see :func:`resolve_weights`).
         input_shape: (height, width, 3).
+        precision: the compute dtype policy, one of :data:`PRECISIONS`.
 
     Returns:
         The base; its output is (h, w, 512), 5 x 5 x 512 at 180 x 180.
 
     Raises:
-        CvpipeError: the weights cannot be found, verified or loaded.
+        CvpipeError: the weights cannot be found, verified or loaded, or the precision is unknown.
     """
-    return _build_conv_base(resolve_weights(weights), input_shape)
+    return _build_conv_base(resolve_weights(weights), input_shape, precision)
 
 
 def _weights_record(spec: str, path: Path | None) -> dict[str, Any]:
@@ -176,9 +206,67 @@ def _weights_record(spec: str, path: Path | None) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- inputs
 
 
-def _open_images(path: Path) -> np.ndarray:
-    """Memory-map a decoded-image array read-only: nothing is read until a batch is sliced."""
-    return np.load(path, mmap_mode="r")
+class NpyRows:
+    """A read-only ``.npy`` array whose rows are read on demand with positioned reads.
+
+    Looks like the array where :func:`extract_features` needs it (``shape``, ``dtype``, ``ndim``, ``len``,
+    a row slice gives a NumPy array), but keeps nothing: each slice is read into a fresh buffer, so resident
+    memory stays at one batch whatever the file's size.
+    """
+
+    def __init__(self, path: Path) -> None:
+        """Read the header of the ``.npy`` at ``path``.
+
+        Raises:
+            DataError: the file is not a C-ordered ``.npy``.
+        """
+        self.path = Path(path)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        with open(self.path, "rb") as handle:
+            try:
+                version = np.lib.format.read_magic(handle)
+                if version not in readers:
+                    raise ValueError(f"format version {version}")
+                shape, fortran, dtype = readers[version](handle)
+            except ValueError as error:
+                raise DataError(f"{self.path}: not a .npy file cvpipe reads ({error})") from None
+            self._offset = handle.tell()
+        if fortran or dtype.hasobject:
+            raise DataError(f"{self.path}: expected a C-ordered numeric array")
+        self.shape: tuple[int, ...] = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+        self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0] if self.shape else 0
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        """Read rows ``key`` (a slice with step 1) into a new array."""
+        if not isinstance(key, slice):
+            raise TypeError(f"{type(self).__name__} reads row slices only, not {key!r}")
+        start, stop, step = key.indices(len(self))
+        if step != 1:
+            raise TypeError(f"{type(self).__name__} reads contiguous row slices only")
+        out = np.empty((max(0, stop - start), *self.shape[1:]), dtype=self.dtype)
+        if out.size == 0:
+            return out
+        view, done, offset = memoryview(out).cast("B"), 0, self._offset + start * self._row_bytes
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            while done < len(view):
+                got = os.preadv(fd, [view[done:]], offset + done)
+                if not got:
+                    raise DataError(f"{self.path}: file ends before row {stop} (truncated?)")
+                done += got
+        finally:
+            os.close(fd)
+        return out
+
+
+def _open_images(path: Path) -> NpyRows:
+    """Open a decoded-image array for reading by row slices: nothing is read until a batch is sliced."""
+    return NpyRows(path)
 
 
 def _present_splits(images_dir: Path) -> list[str]:
@@ -190,7 +278,7 @@ def _present_splits(images_dir: Path) -> list[str]:
     return splits
 
 
-def _open_split(images_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _open_split(images_dir: Path, split: str) -> tuple[NpyRows, np.ndarray]:
     """Open one split's images (memory-mapped) and labels, checking the decode stage's contract."""
     images_path, labels_path = images_dir / f"{split}.npy", images_dir / f"{split}_labels.npy"
     images = _open_images(images_path)
@@ -218,7 +306,7 @@ def _preprocess(rows: np.ndarray) -> np.ndarray:
 
 def _extract_split(
     model: keras.Model,
-    images: np.ndarray,
+    images: NpyRows,
     out_path: Path,
     cfg: FeaturesConfig,
     progress: Callable[[int], None] | None,
@@ -226,19 +314,21 @@ def _extract_split(
     """Stream one split through ``model`` into ``out_path``; return the seconds it took."""
     count = images.shape[0]
     feature_shape = tuple(model.output_shape[1:])
+    dtype = np.dtype(cfg.dtype)
     started = time.perf_counter()
-    with atomic_path(out_path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(cfg.dtype), shape=(count, *feature_shape))
-        try:
-            for start in range(0, count, cfg.batch_size):
-                stop = min(start + cfg.batch_size, count)
-                # Assigning casts to the output dtype (float16) row-aligned with the input.
-                out[start:stop] = model.predict_on_batch(_preprocess(images[start:stop]))
-                if progress is not None:
-                    progress(stop - start)
-            out.flush()
-        finally:
-            del out  # close the mapping before the rename (or the temp file's removal)
+    with atomic_path(out_path) as tmp, open(tmp, "wb") as handle:
+        shape = (count, *feature_shape)
+        np.lib.format.write_array_header_1_0(
+            handle, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+        )
+        for start in range(0, count, cfg.batch_size):
+            stop = min(start + cfg.batch_size, count)
+            # Rows are appended in input order; the cast gives the output dtype (float16) whatever the
+            # compute dtype was (bfloat16 under mixed precision).
+            features = np.asarray(model.predict_on_batch(_preprocess(images[start:stop])))
+            handle.write(np.ascontiguousarray(features, dtype=dtype).tobytes())
+            if progress is not None:
+                progress(stop - start)
     return time.perf_counter() - started
 
 
@@ -248,7 +338,7 @@ def _write_labels(labels: np.ndarray, out_path: Path) -> None:
         np.save(handle, labels)
 
 
-def _common_input_shape(opened: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[int, int, int]:
+def _common_input_shape(opened: dict[str, tuple[NpyRows, np.ndarray]]) -> tuple[int, int, int]:
     shapes = {tuple(images.shape[1:]) for images, _ in opened.values()}
     if len(shapes) != 1:
         raise DataError(f"splits have different image shapes {sorted(shapes)}; the decode stage uses one size")
@@ -261,29 +351,32 @@ def extract_features(
     cfg: FeaturesConfig,
     *,
     progress: Callable[[int], None] | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Run the VGG16 conv base over every split in the decoded-image cache, one streaming pass per split.
 
     Args:
         images_dir: the decode stage's folder (``{split}.npy`` uint8 N x S x S x 3, ``{split}_labels.npy``).
         out_dir: where ``{split}.npy`` (features), ``{split}_labels.npy`` and ``features.json`` go.
-        cfg: the ``features`` params (weights, batch size, output dtype).
+        cfg: the ``features`` params (weights, batch size, output dtype, compute precision).
         progress: called after each batch with the number of images in it.
+        precision: the compute dtype policy (:data:`PRECISIONS`), overriding ``cfg.precision`` (benchmarks).
 
     Returns:
-        A summary: feature shape, dtype, and per split its count, seconds and images per second.
+        A summary: feature shape, dtype, precision, and per split its count, seconds and images per second.
 
     Raises:
         DataError: the cache is missing or does not satisfy the decode stage's contract.
-        CvpipeError: the weights cannot be found, verified or loaded.
+        CvpipeError: the weights cannot be found, verified or loaded, or the precision is unknown.
     """
     images_dir, out_dir = Path(images_dir), Path(out_dir)
+    precision = check_precision(precision or cfg.precision)
     if keras.config.image_data_format() != "channels_last":
         raise CvpipeError("Keras image_data_format must be 'channels_last' (see ~/.keras/keras.json)")
     opened = {split: _open_split(images_dir, split) for split in _present_splits(images_dir)}
     input_shape = _common_input_shape(opened)
     weights_path = resolve_weights(cfg.weights)
-    model = _build_conv_base(weights_path, input_shape)
+    model = _build_conv_base(weights_path, input_shape, precision)
     feature_shape = tuple(int(d) for d in model.output_shape[1:])
 
     splits: dict[str, dict[str, float | int]] = {}
@@ -302,6 +395,7 @@ def extract_features(
         {
             "weights": _weights_record(cfg.weights, weights_path),
             "dtype": cfg.dtype,
+            "precision": precision,
             "batch_size": cfg.batch_size,
             "input_shape": list(input_shape),
             "feature_shape": list(feature_shape),
@@ -311,4 +405,4 @@ def extract_features(
             "backend": keras.backend.backend(),
         },
     )
-    return {"feature_shape": list(feature_shape), "dtype": cfg.dtype, "splits": splits}
+    return {"feature_shape": list(feature_shape), "dtype": cfg.dtype, "precision": precision, "splits": splits}

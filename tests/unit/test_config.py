@@ -49,6 +49,10 @@ def test_demo_overlay_is_valid() -> None:
             {"split": {"fractions": {"train": 0.8, "val": 0.1, "test": 0.1}}},
             "set exactly one of per_class and fractions",
         ),
+        (
+            {"features": {"precision": "mixed_float16"}},
+            "features.precision: Input should be 'float32' or 'mixed_bfloat16'",
+        ),
         ({"nonsense": {}}, "nonsense: unknown key"),
         ([1, 2], "expected a mapping"),
     ],

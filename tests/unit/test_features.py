@@ -173,7 +173,7 @@ def test_preprocess_input_exactly_as_keras_and_cache_untouched(
     written = _write_cache(tmp_path / "images", {"train": 9})
     before = sha256_file(tmp_path / "images" / "train.npy")
     spy = _SpyModel(random_base)
-    monkeypatch.setattr(features, "_build_conv_base", lambda path, shape: spy)
+    monkeypatch.setattr(features, "_build_conv_base", lambda *args: spy)
 
     extract_features(tmp_path / "images", tmp_path / "out", FeaturesConfig(weights="none", batch_size=4))
 
@@ -232,7 +232,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(
     batch_size = 16
     # Warm the model up on this batch shape so that tracing is not measured.
     random_base.predict_on_batch(np.zeros((batch_size, *SHAPE), np.float32))
-    monkeypatch.setattr(features, "_build_conv_base", lambda path, shape: random_base)
+    monkeypatch.setattr(features, "_build_conv_base", lambda *args: random_base)
     cfg = FeaturesConfig(weights="none", batch_size=batch_size)
 
     def peak_bytes(count: int) -> int:
@@ -434,3 +434,69 @@ def test_runs_under_jax_and_matches_this_backend(tmp_path: Path) -> None:
             rtol=1e-3,
             atol=1e-3,
         )
+
+
+# ------------------------------------------------------------------------------------------ row reading
+
+
+def test_npy_rows_reads_slices_like_the_array(tmp_path: Path) -> None:
+    array = np.random.default_rng(0).integers(0, 256, size=(11, 4, 4, 3), dtype=np.uint8)
+    np.save(tmp_path / "a.npy", array)
+    rows = features.NpyRows(tmp_path / "a.npy")
+    assert rows.shape == array.shape and rows.dtype == array.dtype and rows.ndim == 4 and len(rows) == 11
+    for key in (slice(0, 4), slice(4, 11), slice(9, 20), slice(5, 5)):
+        np.testing.assert_array_equal(rows[key], array[key])
+    with pytest.raises(TypeError):
+        rows[3]  # type: ignore[index]
+    with pytest.raises(TypeError):
+        rows[0:4:2]
+
+
+def test_npy_rows_reports_a_truncated_file(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", np.zeros((10, 4, 4, 3), np.uint8))
+    data = (tmp_path / "a.npy").read_bytes()
+    (tmp_path / "a.npy").write_bytes(data[:-100])
+    with pytest.raises(DataError, match="truncated"):
+        features.NpyRows(tmp_path / "a.npy")[0:10]
+    (tmp_path / "b.npy").write_bytes(b"not an array")
+    with pytest.raises(DataError, match=r"not a \.npy"):
+        features.NpyRows(tmp_path / "b.npy")
+
+
+# ------------------------------------------------------------------------------------------- precision
+
+
+def test_mixed_bfloat16_is_within_one_percent_and_recorded(tmp_path: Path) -> None:
+    _write_cache(tmp_path / "images", {"train": 4})
+    cfg = FeaturesConfig(weights="none", batch_size=4)
+    extract_features(tmp_path / "images", tmp_path / "f32", cfg)
+    summary = extract_features(tmp_path / "images", tmp_path / "bf16", cfg, precision="mixed_bfloat16")
+    f32, bf16 = np.load(tmp_path / "f32" / "train.npy"), np.load(tmp_path / "bf16" / "train.npy")
+    assert bf16.dtype == np.float32
+    assert np.linalg.norm(bf16 - f32) / np.linalg.norm(f32) < 1e-2
+    assert summary["precision"] == "mixed_bfloat16"
+    assert json.loads((tmp_path / "bf16" / "features.json").read_text())["precision"] == "mixed_bfloat16"
+    assert json.loads((tmp_path / "f32" / "features.json").read_text())["precision"] == "float32"
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is left as it was
+
+
+def test_precision_comes_from_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write_cache(tmp_path / "images", {"train": 2})
+    seen: list[str] = []
+    real_build = features._build_conv_base
+
+    def spy(path, shape, precision="float32"):
+        seen.append(precision)
+        return real_build(path, shape, precision)
+
+    monkeypatch.setattr(features, "_build_conv_base", spy)
+    cfg = FeaturesConfig(weights="none", batch_size=2, precision="mixed_bfloat16")
+    extract_features(tmp_path / "images", tmp_path / "out", cfg)
+    assert seen == ["mixed_bfloat16"]
+
+
+def test_unknown_precision_is_one_clear_error(tmp_path: Path) -> None:
+    _write_cache(tmp_path / "images", {"train": 2})
+    cfg = FeaturesConfig(weights="none")
+    with pytest.raises(CvpipeError, match=r"mixed_float16.*expected one of float32, mixed_bfloat16"):
+        extract_features(tmp_path / "images", tmp_path / "out", cfg, precision="mixed_float16")
