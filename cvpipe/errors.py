@@ -24,3 +24,7 @@ class SourceError(CvpipeError):
 
 class DataError(CvpipeError):
     """The data does not satisfy what a stage needs (too few images, a failed schema check, ...)."""
+
+
+class DiskFullError(CvpipeError):
+    """A write ran out of disk space or quota; the output being written was left as it was."""
