@@ -158,14 +158,12 @@ def decode(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Decode stage: cache every split as a uint8 N x S x S x 3 .npy in split order."""
-    import pandas as pd
-
-    from cvpipe.decode import run_decode
+    from cvpipe.decode import count_images, run_decode
 
     cfg = _params(params)
     with (
         track_stage("decode", inputs=[archive, splits], outputs=[out], params_file=params, sections=["image"]) as run,
-        progress_bar("decode", len(pd.read_parquet(splits, columns=["member"]))) as advance,
+        progress_bar("decode", count_images(splits)) as advance,
     ):
         run.summary = run_decode(archive, splits, out, cfg.image, advance)
 

@@ -8,6 +8,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cvpipe import archive as archive_module
@@ -99,6 +100,28 @@ def test_locate_members_reuses_the_callers_names(tmp_path: Path) -> None:
     assert [member.name for member in located] == wanted
     assert all(member.name is name for member, name in zip(located, wanted, strict=True))
     assert located[0][1:6] == scan_archive(path)[2][1:6]
+
+
+def test_locate_members_gives_a_table_in_the_order_asked_with_repeats(tmp_path: Path) -> None:
+    path = build(tmp_path / "a.zip", PAYLOADS)
+    wanted = ["b/three.bin", "a/one.bin", "b/three.bin"]
+    located = locate_members(path, wanted)
+    assert isinstance(located, MemberTable) and located.numbers.shape == (3, len(Member._fields) - 1)
+    by_name = {member.name: member for member in scan_archive(path)}
+    assert [member[:8] for member in located] == [by_name[name][:8] for name in wanted]
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
+        assert [read_member(handle.fileno(), member, path) for member in located] == [archive.read(n) for n in wanted]
+
+
+def test_member_table_rows_are_views_pickled_by_range() -> None:
+    table = MemberTable.of([Member(f"m/{index:05}.jpg", *range(index, index + 8)) for index in range(1000)])
+    part = table.rows(10, 13)
+    assert list(part) == table[10:13]
+    assert np.shares_memory(part.numbers, table.numbers)  # a view, not a copy
+    assert list(pickle.loads(pickle.dumps(part))) == table[10:13]
+    # A range pickles its own rows only, not the whole table it views.
+    assert len(pickle.dumps(part)) < len(pickle.dumps(table)) / 50
+    assert len(table.rows(5, 2)) == 0
 
 
 # ---------------------------------------------------------------------------------------------- reading

@@ -251,3 +251,46 @@ def test_read_member_checks_the_crc_and_missing_members_are_data_errors(tmp_path
         os.close(fd)
     with pytest.raises(DataError, match=r"missing\.jpg"):
         decode_module.locate_members(path, ["a.jpg", "missing.jpg"])
+
+
+# ---------------------------------------------------------------------------------- what the stage holds
+
+
+def test_read_splits_gives_each_splits_members_and_int32_labels_in_row_order(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame(
+        {
+            "split": ["train"] * 6 + ["val"] * 3 + ["holdout"] * 2,  # a split the stage does not know: left out
+            "row": [3, 0, 5, 1, 4, 2, 2, 0, 1, 0, 1],
+            "member": [f"train/{name}.{index}.jpg" for index, name in enumerate(CLASSES * 5 + ["cat"])],
+            "label_index": [1, 0, 1, 1, 0, 0, 1, 0, 1, 0, 1],
+        }
+    ).iloc[rng.permutation(11)]
+    path = tmp_path / "splits.parquet"
+    table.to_parquet(path, index=False)
+    pool = pa.default_memory_pool()
+    splits = decode_module.read_splits(path)
+    assert pa.default_memory_pool().backend_name == pool.backend_name  # the swap is undone
+    assert set(splits) == {"train", "val", "test"}
+    for name in ("train", "val", "test"):
+        members, labels = splits[name]
+        expected = table[table["split"] == name].sort_values("row", kind="stable")
+        assert members.to_pylist() == expected["member"].tolist()
+        assert labels.dtype == np.int32 and labels.tolist() == expected["label_index"].tolist()
+    assert decode_module.count_images(path) == 11
+
+
+def test_decode_jobs_slice_into_row_ranges_that_pickle_only_their_rows(make_zip) -> None:
+    import pickle
+
+    names = [f"train/cat.{index}.jpg" for index in range(300)]
+    archive = make_zip({name: b"x" for name in names})
+    jobs = decode_module._Rows(0, decode_module.locate_members(archive, names))
+    chunk = jobs[100:110][2:5]
+    assert (chunk.start, len(chunk)) == (102, 3)
+    assert [member.name for member in chunk.members] == names[102:105]
+    assert len(pickle.dumps(chunk)) < len(pickle.dumps(jobs)) / 20
+    with pytest.raises(ValueError, match="contiguous"):
+        jobs[::2]
