@@ -30,7 +30,7 @@ from cvpipe.config import EvaluateConfig
 from cvpipe.errors import DataError
 from cvpipe.io import write_bytes_atomic, write_json_atomic
 from cvpipe.models import load_model
-from cvpipe.train import ArrayBatches
+from cvpipe.train import IN_MEMORY_BYTES, ArrayBatches, fits_in_memory
 
 logger = logging.getLogger(__name__)
 
@@ -82,15 +82,28 @@ def evaluate_model(
     _write_outputs(metrics, labels, probabilities, class_names, cfg.threshold, Path(out_metrics), Path(out_plots_dir))
     logger.info(
         "evaluated %s on %d samples: accuracy %.4f, loss %.4f, roc_auc %s",
-        Path(model_path).name, len(labels), metrics["accuracy"], metrics["loss"], metrics["roc_auc"],
+        Path(model_path).name,
+        len(labels),
+        metrics["accuracy"],
+        metrics["loss"],
+        metrics["roc_auc"],
     )
     return metrics
 
 
-def predict_probabilities(model: keras.Model, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-    """Return class probabilities N x K (K >= 2; a sigmoid output p becomes columns ``1 - p, p``)."""
-    batches = ArrayBatches(inputs, None, batch_size)
-    raw = np.asarray(model.predict(batches, verbose=0), dtype=np.float64)
+def predict_probabilities(
+    model: keras.Model, inputs: np.ndarray, batch_size: int, in_memory_bytes: int = IN_MEMORY_BYTES
+) -> np.ndarray:
+    """Return class probabilities N x K (K >= 2; a sigmoid output p becomes columns ``1 - p, p``).
+
+    Inputs that fit in ``in_memory_bytes`` go to ``predict`` as one array (the fast path on TensorFlow, see
+    :data:`cvpipe.train.IN_MEMORY_BYTES`); larger ones a batch at a time.
+    """
+    if fits_in_memory(inputs, limit=in_memory_bytes):
+        predicted = model.predict(np.asarray(inputs), batch_size=batch_size, verbose=0)
+    else:
+        predicted = model.predict(ArrayBatches(inputs, None, batch_size), verbose=0)
+    raw = np.asarray(predicted, dtype=np.float64)
     if raw.ndim == 1 or raw.shape[1] == 1:
         positive = raw.reshape(-1)
         return np.stack([1.0 - positive, positive], axis=1)

@@ -47,8 +47,13 @@ def test_binary_metrics_match_hand_computation(tmp_path: Path) -> None:
     np.save(tmp_path / "scores.npy", BINARY_SCORES)
     scores = np.load(tmp_path / "scores.npy", mmap_mode="r")
     metrics = evaluate.evaluate_model(
-        model, scores, BINARY_LABELS, EvaluateConfig(batch_size=4), ["cat", "dog"],
-        tmp_path / "metrics.json", tmp_path / "plots",
+        model,
+        scores,
+        BINARY_LABELS,
+        EvaluateConfig(batch_size=4),
+        ["cat", "dog"],
+        tmp_path / "metrics.json",
+        tmp_path / "plots",
     )
     assert metrics["accuracy"] == pytest.approx(4 / 6)
     assert metrics["roc_auc"] == pytest.approx(8 / 9)
@@ -68,7 +73,12 @@ def test_binary_metrics_match_hand_computation(tmp_path: Path) -> None:
     assert "confusion_matrix" not in written  # a list of lists is no metric for `dvc metrics show`
     confusion = read_csv(tmp_path / "plots" / evaluate.CONFUSION_FILE)
     assert [(row["actual"], row["predicted"]) for row in confusion] == [
-        ("cat", "cat"), ("cat", "dog"), ("dog", "dog"), ("dog", "cat"), ("dog", "dog"), ("cat", "cat"),
+        ("cat", "cat"),
+        ("cat", "dog"),
+        ("dog", "dog"),
+        ("dog", "cat"),
+        ("dog", "dog"),
+        ("cat", "cat"),
     ]
     matrix = json.loads((tmp_path / "plots" / evaluate.CONFUSION_MATRIX_FILE).read_text())
     assert matrix == {"labels": ["cat", "dog"], "matrix": [[2, 1], [1, 2]]}
@@ -76,8 +86,15 @@ def test_binary_metrics_match_hand_computation(tmp_path: Path) -> None:
 
 def test_binary_roc_points(tmp_path: Path) -> None:
     model = identity_model(tmp_path / "binary.keras", 1)
-    evaluate.evaluate_model(model, BINARY_SCORES, BINARY_LABELS, EvaluateConfig(), ["cat", "dog"],
-                            tmp_path / "metrics.json", tmp_path / "plots")
+    evaluate.evaluate_model(
+        model,
+        BINARY_SCORES,
+        BINARY_LABELS,
+        EvaluateConfig(),
+        ["cat", "dog"],
+        tmp_path / "metrics.json",
+        tmp_path / "plots",
+    )
     rows = read_csv(tmp_path / "plots" / evaluate.ROC_FILE)
     fpr = np.array([float(row["fpr"]) for row in rows])
     tpr = np.array([float(row["tpr"]) for row in rows])
@@ -90,8 +107,9 @@ def test_binary_roc_points(tmp_path: Path) -> None:
 def test_three_classes_use_argmax_and_macro_one_vs_rest_auc(tmp_path: Path) -> None:
     model = identity_model(tmp_path / "multi.keras", 3)
     names = ["cat", "dog", "fox"]
-    metrics = evaluate.evaluate_model(model, MULTI_PROBS, MULTI_LABELS, EvaluateConfig(), names,
-                                      tmp_path / "metrics.json", tmp_path / "plots")
+    metrics = evaluate.evaluate_model(
+        model, MULTI_PROBS, MULTI_LABELS, EvaluateConfig(), names, tmp_path / "metrics.json", tmp_path / "plots"
+    )
     assert metrics["accuracy"] == pytest.approx(4 / 6)
     assert metrics["confusion_matrix"] == [[1, 1, 0], [1, 1, 0], [0, 0, 2]]
     assert [metrics["per_class"][name]["roc_auc"] for name in names] == pytest.approx([7 / 8, 7 / 8, 1.0])
@@ -112,8 +130,15 @@ def test_roc_auc_counts_ties_as_half_and_needs_both_classes() -> None:
 
 def test_one_class_only_gives_a_null_auc(tmp_path: Path) -> None:
     model = identity_model(tmp_path / "binary.keras", 1)
-    metrics = evaluate.evaluate_model(model, BINARY_SCORES[:2], np.array([0, 0]), EvaluateConfig(), ["cat", "dog"],
-                                      tmp_path / "metrics.json", tmp_path / "plots")
+    metrics = evaluate.evaluate_model(
+        model,
+        BINARY_SCORES[:2],
+        np.array([0, 0]),
+        EvaluateConfig(),
+        ["cat", "dog"],
+        tmp_path / "metrics.json",
+        tmp_path / "plots",
+    )
     assert metrics["roc_auc"] is None
     assert json.loads((tmp_path / "metrics.json").read_text())["roc_auc"] is None
 
@@ -122,12 +147,21 @@ def test_mismatches_fail_with_one_line(tmp_path: Path) -> None:
     model = identity_model(tmp_path / "binary.keras", 1)
     cfg = EvaluateConfig()
     with pytest.raises(DataError, match="2 classes but 3 class names"):
-        evaluate.evaluate_model(model, BINARY_SCORES, BINARY_LABELS, cfg, ["a", "b", "c"], tmp_path / "m.json",
-                                tmp_path)
+        evaluate.evaluate_model(
+            model, BINARY_SCORES, BINARY_LABELS, cfg, ["a", "b", "c"], tmp_path / "m.json", tmp_path
+        )
     with pytest.raises(DataError, match="6 inputs and 5 labels"):
-        evaluate.evaluate_model(model, BINARY_SCORES, BINARY_LABELS[:5], cfg, ["a", "b"], tmp_path / "m.json",
-                                tmp_path)
+        evaluate.evaluate_model(model, BINARY_SCORES, BINARY_LABELS[:5], cfg, ["a", "b"], tmp_path / "m.json", tmp_path)
     with pytest.raises(DataError, match="labels span"):
-        evaluate.evaluate_model(model, BINARY_SCORES, BINARY_LABELS + 1, cfg, ["a", "b"], tmp_path / "m.json",
-                                tmp_path)
+        evaluate.evaluate_model(model, BINARY_SCORES, BINARY_LABELS + 1, cfg, ["a", "b"], tmp_path / "m.json", tmp_path)
     assert not (tmp_path / "m.json").exists()
+
+
+def test_both_feeding_paths_predict_the_same(tmp_path: Path) -> None:
+    model = keras.models.load_model(identity_model(tmp_path / "identity.keras", 3))
+    np.save(tmp_path / "probs.npy", MULTI_PROBS)
+    inputs = np.load(tmp_path / "probs.npy", mmap_mode="r")
+    whole = evaluate.predict_probabilities(model, inputs, batch_size=4)
+    batched = evaluate.predict_probabilities(model, inputs, batch_size=4, in_memory_bytes=0)
+    np.testing.assert_allclose(whole, MULTI_PROBS, rtol=1e-6)
+    np.testing.assert_array_equal(whole, batched)

@@ -67,6 +67,25 @@ def features(count: int, seed: int, num_classes: int = 2) -> tuple[np.ndarray, n
     return values.reshape(count, 1, 1, 512).astype(np.float16), labels
 
 
+def train_head(
+    workdir: Path,
+    name: str,
+    train_split: tuple[np.ndarray, np.ndarray],
+    val_split: tuple[np.ndarray, np.ndarray],
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Train the dense head (the quickest variant) to ``models/<name>.keras`` and ``reports/<name>``."""
+    return train.train_variant(
+        "feature_extraction",
+        CFG,
+        train_split,
+        val_split,
+        workdir / "models" / f"{name}.keras",
+        workdir / "reports" / name,
+        **kwargs,
+    )
+
+
 def as_memmap(folder: Path, name: str, array: np.ndarray) -> np.ndarray:
     """Save and reopen read-only, memory-mapped, as the decode and features stages' caches are."""
     path = folder / f"{name}.npy"
@@ -81,7 +100,11 @@ def start_python(code: str, backend: str, cwd: Path, *args: str) -> subprocess.P
         env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_XLA}".strip()
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code), *args],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -154,8 +177,14 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def data(workdir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Image and feature splits as memmaps."""
-    arrays = {"images_train": shapes(32, 0), "images_val": shapes(16, 1), "feat_train": features(48, 2),
-              "feat_val": features(16, 3), "vgg_train": shapes(16, 4), "vgg_val": shapes(8, 5)}
+    arrays = {
+        "images_train": shapes(32, 0),
+        "images_val": shapes(16, 1),
+        "feat_train": features(48, 2),
+        "feat_val": features(16, 3),
+        "vgg_train": shapes(16, 4),
+        "vgg_val": shapes(8, 5),
+    }
     return {
         name: (as_memmap(workdir, f"{name}_x", x), as_memmap(workdir, f"{name}_y", y))
         for name, (x, y) in arrays.items()
@@ -176,7 +205,12 @@ def trained(workdir: Path, data: dict[str, tuple[np.ndarray, np.ndarray]]) -> di
         split = splits.get(variant, "images")
         model_path = workdir / "models" / f"{variant}.keras"
         summary = train.train_variant(
-            variant, CFG, data[f"{split}_train"], data[f"{split}_val"], model_path, workdir / "reports" / variant,
+            variant,
+            CFG,
+            data[f"{split}_train"],
+            data[f"{split}_val"],
+            model_path,
+            workdir / "reports" / variant,
             **extra.get(variant, {}),
         )
         results[variant] = {"summary": summary, "model": model_path, "val": data[f"{split}_val"][0]}
@@ -203,8 +237,9 @@ def test_fine_tuning_trains_block5_and_the_head_only(trained: dict[str, dict[str
     model = models.load_model(trained["fine_tuning"]["model"], compile=False)
     base = models.find_conv_base(model)
     # A reloaded InputLayer reports trainable=True; it has no weights, so it does not count.
-    trainable = [layer.name for layer in base.layers
-                 if layer.trainable and not isinstance(layer, keras.layers.InputLayer)]
+    trainable = [
+        layer.name for layer in base.layers if layer.trainable and not isinstance(layer, keras.layers.InputLayer)
+    ]
     assert trainable == list(models.FINE_TUNE_LAYERS)
     assert len(base.trainable_weights) == 6
     block5 = 3 * (3 * 3 * 512 * 512 + 512)
@@ -245,7 +280,9 @@ def fresh_runs(trained: dict[str, dict[str, Any]], workdir: Path) -> dict[str, A
         for variant, (path, inputs, _) in reload_jobs.items()
     }
     return {
-        "reference": reference, "reload_jobs": reload_jobs, "jax_jobs": jax_jobs,
+        "reference": reference,
+        "reload_jobs": reload_jobs,
+        "jax_jobs": jax_jobs,
         "runs": {backend: finish(process) for backend, process in processes.items()},
     }
 
@@ -254,8 +291,9 @@ def test_saved_models_reload_in_a_fresh_process(fresh_runs: dict[str, Any]) -> N
     code, _, stderr = fresh_runs["runs"]["tensorflow"]
     assert code == 0, stderr[-4000:]
     for variant, (_, _, out) in fresh_runs["reload_jobs"].items():
-        np.testing.assert_allclose(np.load(out), fresh_runs["reference"][variant], rtol=1e-5, atol=1e-6,
-                                   err_msg=variant)
+        np.testing.assert_allclose(
+            np.load(out), fresh_runs["reference"][variant], rtol=1e-5, atol=1e-6, err_msg=variant
+        )
 
 
 def test_jax_backend_trains_and_reads_tensorflow_models(fresh_runs: dict[str, Any], workdir: Path) -> None:
@@ -272,14 +310,14 @@ def test_jax_backend_trains_and_reads_tensorflow_models(fresh_runs: dict[str, An
     here = models.load_model(workdir / "jax.keras", compile=False).predict(val, verbose=0)
     np.testing.assert_allclose(np.load(workdir / "jax_pred.npy"), here, rtol=1e-4, atol=1e-5)
     for variant, (_, _, out) in fresh_runs["jax_jobs"].items():
-        np.testing.assert_allclose(np.load(out), fresh_runs["reference"][variant], rtol=1e-4, atol=1e-5,
-                                   err_msg=variant)
+        np.testing.assert_allclose(
+            np.load(out), fresh_runs["reference"][variant], rtol=1e-4, atol=1e-5, err_msg=variant
+        )
 
 
 def test_more_than_two_classes_trains_a_softmax(workdir: Path) -> None:
-    summary = train.train_variant(
-        "feature_extraction", CFG, features(48, 4, num_classes=3), features(15, 5, num_classes=3),
-        workdir / "models" / "three.keras", workdir / "reports" / "three", num_classes=3,
+    summary = train_head(
+        workdir, "three", features(48, 4, num_classes=3), features(15, 5, num_classes=3), num_classes=3
     )
     model = models.load_model(workdir / "models" / "three.keras")
     assert model.output_shape == (None, 3)
@@ -302,7 +340,7 @@ def test_deterministic_training_repeats_bit_for_bit(
 
 
 class _Crash(keras.callbacks.Callback):
-    """Kill the run after the first epoch's checkpoint was written."""
+    """Kill the run after the first epoch (its weights are kept in memory, nothing is on disk yet)."""
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         raise KeyboardInterrupt
@@ -312,10 +350,61 @@ def test_an_interrupted_run_leaves_no_model(workdir: Path) -> None:
     out = workdir / "models" / "crashed.keras"
     out.write_bytes(b"a stale model from an earlier run")
     with pytest.raises(KeyboardInterrupt):
-        train.train_variant("feature_extraction", CFG, features(16, 6), features(8, 7), out,
-                            workdir / "reports" / "crashed", callbacks=[_Crash()])
+        train.train_variant(
+            "feature_extraction",
+            CFG,
+            features(16, 6),
+            features(8, 7),
+            out,
+            workdir / "reports" / "crashed",
+            callbacks=[_Crash()],
+        )
     assert not out.exists()
     assert not list(out.parent.glob(".crashed*"))
+
+
+def test_fit_inputs_hold_small_splits_in_memory_and_batch_large_ones() -> None:
+    train_split, val_split = shapes(10, 0), shapes(6, 1)
+    whole = train.fit_inputs(train_split, val_split, 4, seed=1, binary=True)
+    assert whole["x"].dtype == np.uint8 and whole["batch_size"] == 4 and whole["shuffle"] is True
+    assert whole["y"].dtype == np.float32 and whole["y"].shape == (10, 1)
+    np.testing.assert_array_equal(whole["validation_data"][0], val_split[0])
+    bytes_needed = train.held_bytes(train_split[0]) + train.held_bytes(val_split[0])
+    batched = train.fit_inputs(train_split, val_split, 4, seed=1, binary=False, limit=bytes_needed - 1)
+    assert isinstance(batched["x"], train.ArrayBatches) and batched["shuffle"] is False
+    assert isinstance(batched["validation_data"], train.ArrayBatches)
+    assert batched["x"][0][1].dtype == np.int32
+    # float16 features are held as float32 by Keras; uint8 images stay uint8.
+    assert train.held_bytes(np.zeros((2, 3), np.float16)) == 24 and train.held_bytes(np.zeros(5, np.uint8)) == 5
+
+
+def test_best_epoch_keeps_the_lowest_finite_val_loss_in_memory() -> None:
+    model = models.dense_head((1, 1, 4), 2)
+    model.compile(optimizer="rmsprop", loss="binary_crossentropy")
+    x, y = np.ones((4, 1, 1, 4), np.float32), np.ones((4, 1), np.float32)
+    best = train.BestEpoch()
+    best.set_model(model)
+    assert not best.restore()  # no epoch yet
+    model.fit(x, y, epochs=1, verbose=0)  # builds the optimizer's variables
+    best.on_epoch_end(0, {"val_loss": float("nan")})
+    best.on_epoch_end(1, {"val_loss": float("inf")})
+    assert best.best_epoch is None
+    kept = model.get_weights()
+    best.on_epoch_end(2, {"val_loss": 0.5})
+    model.fit(x, y, epochs=1, verbose=0)
+    best.on_epoch_end(3, {"val_loss": 0.7})  # worse: not kept
+    assert best.restore() and best.best_epoch == 2 and best.best == 0.5
+    for restored, expected in zip(model.get_weights(), kept, strict=True):
+        np.testing.assert_array_equal(restored, expected)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 1
+
+
+def test_a_split_too_large_for_memory_trains_a_batch_at_a_time(workdir: Path) -> None:
+    out = workdir / "models" / "batched.keras"
+    summary = train_head(workdir, "batched", features(48, 15), features(16, 16), in_memory_bytes=0)
+    history = json.loads((workdir / "reports" / "batched" / train.HISTORY_FILE).read_text())["history"]
+    assert out.is_file() and summary["epochs_run"] == 2
+    assert history["val_loss"][-1] < history["val_loss"][0]
 
 
 def test_array_batches_reshuffle_from_the_seed() -> None:
@@ -355,15 +444,13 @@ def test_bad_requests_fail_with_one_line(
     if "labels" in kwargs:
         y = y + kwargs.pop("labels")
     with pytest.raises(error, match=message) as info:
-        train.train_variant(variant, CFG, (x, y), (x, y), workdir / "models" / "bad.keras", workdir / "bad",
-                            **kwargs)
+        train.train_variant(variant, CFG, (x, y), (x, y), workdir / "models" / "bad.keras", workdir / "bad", **kwargs)
     assert "\n" not in str(info.value)
 
 
 def test_mixed_precision_trains_keeps_a_float32_output_and_restores_the_policy(workdir: Path) -> None:
     out = workdir / "models" / "mixed.keras"
-    summary = train.train_variant("feature_extraction", CFG, features(32, 12), features(8, 13), out,
-                                  workdir / "reports" / "mixed", mixed_precision=True)
+    summary = train_head(workdir, "mixed", features(32, 12), features(8, 13), mixed_precision=True)
     assert summary["precision"] == "mixed_bfloat16"
     assert keras.config.dtype_policy().name == "float32"
     model = models.load_model(out, compile=False)
