@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install chromium demo test test-fast lint clean
+.PHONY: install chromium demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,13 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
+# Two pytest workers (pytest-xdist), one test file each at a time so that module fixtures (a DVC workspace,
+# a Prefect server) are built once: most tests wait on subprocesses, so two workers fit two cores.
+TEST_WORKERS ?= 2
+
 test: install chromium
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
@@ -32,6 +36,10 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Every CPU benchmark (< 15 min on 2 cores): one table, results in bench/results/, see docs/performance.md.
+bench: install
+	$(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf demo .pytest_cache .ruff_cache

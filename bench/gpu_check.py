@@ -261,7 +261,7 @@ def _epoch_timer() -> Any:
             self._started = time.perf_counter()
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            # Runs after ModelCheckpoint (extra callbacks come last), so a saved epoch counts its save.
+            # Extra callbacks come last: the epoch's time includes BestEpoch's in-memory snapshot.
             self.seconds.append(time.perf_counter() - self._started)
 
     return EpochTimer()

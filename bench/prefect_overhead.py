@@ -17,7 +17,6 @@ Prints a table and writes ``bench/results/prefect-<date>.md`` with the machine a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import os
 import platform
@@ -31,6 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import cpu_model  # noqa: E402
 from cvpipe.workspace import dvc, prepare_workspace, run_tool  # noqa: E402
 from tests.support.prefect_server import Api, running_server, start_process, wait_for  # noqa: E402
 
@@ -40,14 +40,6 @@ TINY: dict[str, Any] = {
     "image": {"size": 32},
 }
 TARGET = "decode"
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def time_dvc_noop(workspace: Path, repeats: int) -> list[float]:

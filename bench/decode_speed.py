@@ -1,0 +1,210 @@
+"""decode: JPEG -> 180 x 180 RGB, cvpipe's decode stage against the seed's loader and the decode limit.
+
+On the same Kaggle-like JPEGs (cvpipe's synthetic generator, 300-500 px, ~30 KB each), in alternating rounds:
+
+- **cvpipe**: ``cvpipe.decode.decode_split`` (the decode stage's work for one split: read from the zip,
+  DCT-scaled decode, orient, squash, write the .npy), a process per core.
+- **seed**: one epoch of ``keras.utils.image_dataset_from_directory(image_size=(180, 180), batch_size=32)``
+  over the same files extracted to class folders (full decode + bilinear resize in tf.data, AUTOTUNE).
+- **decode limit**: libjpeg-turbo's DCT-scaled decode alone (no resize, no write), on every core, two ways:
+  simplejpeg at the policy's scale in a process per core, and ``tf.io.decode_jpeg(ratio=...)`` in tf.data
+  with AUTOTUNE. The faster of the two is the limit the stage is held to.
+
+Targets: >= 2x the seed's images/s, and within 1.3x of the decode limit's time.
+
+    .venv/bin/python bench/decode_speed.py [--images 2000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import common
+
+SIZE = 180
+BATCH = 32
+SPEED_TARGET = 2.0
+LIMIT_TARGET = 1.3
+
+
+# ------------------------------------------------------------------------------------------ seed side (child)
+
+
+def seed_contenders(folder: str, size: int, batch: int) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
+    """The TensorFlow contenders, built in the child process: the seed's loader and tf.data's DCT decode."""
+    import tensorflow as tf
+
+    dataset = common.seed_dataset(folder, size, batch)
+    files = sorted(str(path) for path in Path(folder).glob("*/*.jpg"))
+
+    def dct_decode(path: Any) -> Any:
+        data = tf.io.read_file(path)
+        shape = tf.io.extract_jpeg_shape(data)
+        short = tf.minimum(shape[0], shape[1])
+        # The largest of 1, 2, 4, 8 that keeps the short side >= size: the decode stage's DCT scale.
+        branch = tf.cast(short >= 2 * size, tf.int32) + tf.cast(short >= 4 * size, tf.int32)
+        branch += tf.cast(short >= 8 * size, tf.int32)
+        image = tf.switch_case(
+            branch, [functools.partial(tf.io.decode_jpeg, data, channels=3, ratio=r) for r in (1, 2, 4, 8)]
+        )
+        return tf.shape(image)  # the pixels are decoded; only their shape leaves tf.data
+
+    limit = tf.data.Dataset.from_tensor_slices(files).map(dct_decode, num_parallel_calls=tf.data.AUTOTUNE)
+    limit = limit.batch(batch).prefetch(tf.data.AUTOTUNE)
+
+    common.count_batches(dataset.take(1))  # build tf.data's functions before anything is timed
+    common.count_batches(limit.take(1))
+    contenders = {
+        "seed": functools.partial(common.count_batches, dataset),
+        "tf_dct": functools.partial(common.count_batches, limit),
+    }
+    return contenders, {"files": len(files)}
+
+
+# --------------------------------------------------------------------------------------------- cvpipe side
+
+
+def _dct_decode_chunk(archive_path: Path, size: int, members: Sequence[str]) -> list[int]:
+    """Decode members at the policy's DCT scale with simplejpeg; nothing else (the decode limit)."""
+    import simplejpeg
+
+    from cvpipe.images import draft_scale
+
+    sides = []
+    with zipfile.ZipFile(archive_path) as archive:
+        for member in members:
+            data = archive.read(member)
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+            scale = draft_scale(width, height, size)
+            image = simplejpeg.decode_jpeg(data, min_height=-(-height // scale), min_width=-(-width // scale))
+            sides.append(min(image.shape[:2]))
+    return sides
+
+
+def cvpipe_contenders(archive: Path, members: Sequence[str], out: Path, size: int) -> dict[str, Callable[[], Any]]:
+    """cvpipe's decode stage and the simplejpeg decode limit, both on every core."""
+    from cvpipe.config import ImageConfig
+    from cvpipe.decode import decode_split
+    from cvpipe.parallel import map_chunks
+
+    cfg = ImageConfig(size=size, workers=0)
+    limit = functools.partial(_dct_decode_chunk, archive, size)
+    return {
+        "cvpipe": lambda: decode_split(archive, members, out, cfg),
+        "simplejpeg_dct": lambda: map_chunks(limit, list(members), common.cores()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- per image
+
+
+def per_image_costs(archive: Path, members: Sequence[str], size: int, sample: int = 200) -> dict[str, float]:
+    """Milliseconds per image on one core for each step of the decode stage (best of 5 passes)."""
+    import io
+
+    from PIL import Image
+
+    from cvpipe.images import _decode_plain_jpeg, load_rgb, squash
+
+    with zipfile.ZipFile(archive) as zf:
+        names = list(members)[:: max(1, len(members) // sample)]
+        blobs = [zf.read(name) for name in names]
+
+        def pillow_antialiased(data: bytes) -> object:
+            image = Image.open(io.BytesIO(data))
+            image.draft("RGB", (size, size))
+            return image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+
+        decoded = [_decode_plain_jpeg(blob, size) for blob in blobs]
+        steps: dict[str, Callable[[int], object]] = {
+            "zip read (with CRC check)": lambda i: zf.read(names[i]),
+            "DCT-scaled decode (simplejpeg)": lambda i: _decode_plain_jpeg(blobs[i], size),
+            "squash (OpenCV INTER_LINEAR_EXACT)": lambda i: squash(decoded[i], size),
+            "whole load_rgb": lambda i: load_rgb(blobs[i], size),
+            "old policy: Pillow draft + antialiased BILINEAR": lambda i: pillow_antialiased(blobs[i]),
+        }
+        best = {name: float("inf") for name in steps}
+        for _ in range(5):
+            for name, step in steps.items():
+                started = time.perf_counter()
+                for index in range(len(blobs)):
+                    step(index)
+                best[name] = min(best[name], (time.perf_counter() - started) / len(blobs) * 1e3)
+    return best
+
+
+# -------------------------------------------------------------------------------------------------- run
+
+
+def run(images: int = 2000, rounds: int = 3, size: int = SIZE, cache: Path | None = None) -> list[common.Result]:
+    """Measure and return the decode result row."""
+    archive = common.kaggle_like_archive(images, cache)
+    members = common.image_members(archive)
+    with common.scratch("decode") as work:
+        folder = common.extract_to_folders(archive, work / "folders", members)
+        config = {"folder": str(folder), "size": size, "batch": BATCH}
+        with common.Remote("bench.decode_speed:seed_contenders", config) as seed:
+            local = cvpipe_contenders(archive, members, work / "train.npy", size)
+            contenders = {**local, "seed": seed.contender("seed"), "tf_dct": seed.contender("tf_dct")}
+            for run_once in contenders.values():  # warm the page cache and the libraries
+                run_once()
+            times = common.alternate(contenders, rounds)
+        costs = per_image_costs(archive, members, size)
+    rate = {name: images / common.median(timing.wall) for name, timing in times.items()}
+    cpu_ms = {name: common.median(timing.cpu) / images * 1e3 for name, timing in times.items()}
+    limit_name = max(("simplejpeg_dct", "tf_dct"), key=lambda name: rate[name])
+    speedup = rate["cvpipe"] / rate["seed"]
+    to_limit = rate[limit_name] / rate["cvpipe"]
+    cpu_limit = min(("simplejpeg_dct", "tf_dct"), key=lambda name: cpu_ms[name])
+    labels = {
+        "cvpipe": "cvpipe decode stage",
+        "seed": "seed, image_dataset_from_directory one epoch",
+        "simplejpeg_dct": f"decode limit, simplejpeg DCT-scaled decode in {common.cores()} processes",
+        "tf_dct": "decode limit, tf.io.decode_jpeg(ratio) in tf.data AUTOTUNE",
+    }
+    details = [
+        f"{images} synthetic Kaggle-like JPEGs (300-500 px, {archive.stat().st_size / images / 1024:.0f} KB "
+        f"on average) -> {size}x{size}x3 uint8 on {common.cores()} cores, {rounds} alternating rounds; images/s from "
+        "the median round's wall time, CPU ms/image from the median round's CPU time (all threads and processes)",
+        *[
+            f"{labels[name]}: {rate[name]:.0f} images/s, {cpu_ms[name]:.2f} CPU ms/image "
+            f"(wall rounds: {common.runs(times[name].wall)})"
+            for name in labels
+        ],
+        f"judged on wall time: {speedup:.2f}x the seed's images/s (target >= {SPEED_TARGET}x); "
+        f"{to_limit:.2f}x the time of the faster decode limit, {limit_name} (target <= {LIMIT_TARGET}x)",
+        f"on CPU time (what a machine to itself would give, the load others put on it aside): "
+        f"{cpu_ms['seed'] / cpu_ms['cvpipe']:.2f}x the seed's images per CPU-second; "
+        f"{cpu_ms['cvpipe'] / cpu_ms[cpu_limit]:.2f}x the CPU time of the cheaper decode limit, {cpu_limit}",
+        "one core, per image, best of 5 passes over a sample: "
+        + "; ".join(f"{name} {ms:.3f} ms" for name, ms in costs.items()),
+    ]
+    return [
+        common.Result(
+            id="decode",
+            what=f"JPEG -> {size}x{size} RGB for {images} Kaggle-like JPEGs",
+            cvpipe=f"{rate['cvpipe']:.0f} img/s ({to_limit:.2f}x the decode limit's time)",
+            seed=f"{rate['seed']:.0f} img/s",
+            ratio=speedup,
+            target=f">= {SPEED_TARGET}x; <= {LIMIT_TARGET}x the decode limit",
+            passed=speedup >= SPEED_TARGET and to_limit <= LIMIT_TARGET,
+            details=details,
+        )
+    ]
+
+
+def main() -> None:
+    """Run at the sizes given on the command line (``--size 32 --images 40`` for a quick check)."""
+    common.run_main("decode", __doc__, run, images=2000, rounds=3, size=SIZE)
+
+
+if __name__ == "__main__":
+    main()
