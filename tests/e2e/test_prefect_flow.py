@@ -33,7 +33,7 @@ from cvpipe.workspace import dvc, prepare_workspace, run_tool
 from flows.pipeline import RUN_RECORD, cvpipe_pipeline
 from tasks.dvc_stages import kill_tree
 from tests.e2e.test_dvc_pipeline import DATA_STAGES, ROOT, TINY
-from tests.e2e.test_secrets import assert_no_secret, assert_no_secret_in_files, secret_forms, write_kaggle_json
+from tests.e2e.test_secrets import assert_no_secret, assert_no_secret_in_files, kaggle_client_env, secret_forms
 from tests.support.fake_kaggle import FakeKaggle, Reply, competition_archive
 from tests.support.prefect_server import (
     Api,
@@ -118,17 +118,7 @@ def test_download_failing_twice_is_retried_by_prefect_and_no_run_records_the_key
     workspace = prepare_workspace(ROOT, tmp_path / "ws", {**TINY, "data": {"source": "kaggle", "retries": 0}})
     home = tmp_path / "home"
     with FakeKaggle(outer) as kaggle:
-        # The key in the environment and in kaggle.json, as a user may well have it.
-        key_file = write_kaggle_json(home / ".kaggle", kaggle.username, kaggle.key)
-        for name, value in {
-            "HOME": str(home),
-            "KAGGLE_CONFIG_DIR": str(key_file.parent),
-            "KAGGLE_USERNAME": kaggle.username,
-            "KAGGLE_KEY": kaggle.key,
-            "CVPIPE_KAGGLE_ENDPOINT": kaggle.endpoint,
-            "NO_PROXY": "127.0.0.1,localhost",
-            "no_proxy": "127.0.0.1,localhost",
-        }.items():
+        for name, value in kaggle_client_env(kaggle, home).items():
             monkeypatch.setenv(name, value)
         # A run that fails: Kaggle turns the key down (401), which no retry can fix.
         kaggle.script("download", Reply(401, "Unauthenticated"))
@@ -165,7 +155,7 @@ def test_download_failing_twice_is_retried_by_prefect_and_no_run_records_the_key
     # ...nor anywhere in the server's database, nor in any file of the workspace (dvc.lock, .dvc/tmp, the run
     # record, lineage records, the failed attempts' too).
     assert_no_secret_in_files([harness_database_dir(), Path(os.environ["PREFECT_HOME"])], secrets)
-    assert assert_no_secret_in_files([workspace, home], secrets, allowed=[key_file]) > 20
+    assert assert_no_secret_in_files([workspace, home], secrets, allowed=[home / ".kaggle" / "kaggle.json"]) > 20
 
 
 def harness_database_dir() -> Path:
