@@ -25,7 +25,7 @@ import typer
 
 from cvpipe.config import Params, load_params
 from cvpipe.errors import CvpipeError
-from cvpipe.io import disk_full_error, is_disk_full
+from cvpipe.io import disk_full_error, failed_path, is_disk_full
 from cvpipe.lineage import track_stage
 
 app = typer.Typer(
@@ -391,17 +391,6 @@ def demo(
     run_demo(project, dest, overrides)
 
 
-def _failed_path(error: BaseException | None) -> str | None:
-    """The file an OS error (or one it was raised from) names, if any."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and isinstance(error.filename, str | bytes | os.PathLike):
-            return os.fsdecode(error.filename)
-        error = error.__cause__ or error.__context__
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and map failures to exit codes and one clear line."""
     try:
@@ -425,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if is_disk_full(error):
             # A full disk is the user's to fix, whichever library hit it (pyarrow, h5py, Keras, dvclive).
-            full = disk_full_error(_failed_path(error))
+            full = disk_full_error(failed_path(error))
             typer.echo(f"error: {full}", err=True)
             return full.exit_code
         typer.echo(f"internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)", err=True)

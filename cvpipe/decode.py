@@ -38,7 +38,7 @@ from cvpipe.archive import Member, MemberTable, locate_members, read_member
 from cvpipe.config import SPLITS, ImageConfig
 from cvpipe.errors import DataError
 from cvpipe.images import load_decoders, load_rgb
-from cvpipe.io import atomic_path, system_memory_pool, write_json_atomic
+from cvpipe.io import atomic_path, system_memory_pool, write_json_atomic, write_npy_atomic
 from cvpipe.parallel import map_chunks, start_pool, worker_count
 
 log = logging.getLogger(__name__)
@@ -215,8 +215,7 @@ def run_decode(
             members, labels = splits.pop(name)
             # Python strings for this split only, freed when it is done.
             decode_split(archive_path, members.to_pylist(), out_dir / f"{name}.npy", cfg, progress, pool)
-            with atomic_path(out_dir / f"{name}_labels.npy") as tmp, open(tmp, "wb") as handle:
-                np.save(handle, labels)
+            write_npy_atomic(out_dir / f"{name}_labels.npy", labels)
             summary["splits"][name] = {"images": len(members), "shape": [len(members), cfg.size, cfg.size, 3]}
     seconds = time.monotonic() - started
     write_json_atomic(out_dir / META_NAME, summary)

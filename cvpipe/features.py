@@ -38,7 +38,7 @@ import numpy as np
 
 from cvpipe.config import SPLITS, FeaturesConfig
 from cvpipe.errors import CvpipeError, DataError
-from cvpipe.io import atomic_path, md5_file, sha256_file, write_json_atomic
+from cvpipe.io import atomic_path, md5_file, sha256_file, write_json_atomic, write_npy_atomic
 from cvpipe.models import vgg16_conv_base
 
 logger = logging.getLogger(__name__)
@@ -332,12 +332,6 @@ def _extract_split(
     return time.perf_counter() - started
 
 
-def _write_labels(labels: np.ndarray, out_path: Path) -> None:
-    with atomic_path(out_path) as tmp, open(tmp, "wb") as handle:
-        # A file handle, because np.save would append '.npy' to the temporary name.
-        np.save(handle, labels)
-
-
 def _common_input_shape(opened: dict[str, tuple[NpyRows, np.ndarray]]) -> tuple[int, int, int]:
     shapes = {tuple(images.shape[1:]) for images, _ in opened.values()}
     if len(shapes) != 1:
@@ -382,7 +376,7 @@ def extract_features(
     splits: dict[str, dict[str, float | int]] = {}
     for split, (images, labels) in opened.items():
         seconds = _extract_split(model, images, out_dir / f"{split}.npy", cfg, progress)
-        _write_labels(labels, out_dir / f"{split}_labels.npy")
+        write_npy_atomic(out_dir / f"{split}_labels.npy", labels)
         count = int(images.shape[0])
         rate = count / seconds if seconds > 0 else 0.0
         splits[split] = {"count": count, "seconds": round(seconds, 3), "images_per_second": round(rate, 2)}

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from cvpipe.errors import CvpipeError, DiskFullError
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 _CHUNK = 1 << 20
@@ -122,17 +123,30 @@ def temp_path(final: Path, suffix: str = TEMP_SUFFIX) -> Path:
     return Path(name)
 
 
-def is_disk_full(error: BaseException | None) -> bool:
-    """Whether ``error``, or an exception it was raised from or while handling, says the disk is full."""
+def _exception_chain(error: BaseException | None) -> Iterator[BaseException]:
+    """``error``, then the exception it was raised from or while handling, and so on (each once)."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
-            return True
-        if any(text in str(error) for text in _DISK_FULL_TEXT):
-            return True
+        yield error
         error = error.__cause__ or error.__context__
-    return False
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """Whether ``error``, or an exception it was raised from or while handling, says the disk is full."""
+    return any(
+        (isinstance(link, OSError) and link.errno in _DISK_FULL_ERRNOS)
+        or any(text in str(link) for text in _DISK_FULL_TEXT)
+        for link in _exception_chain(error)
+    )
+
+
+def failed_path(error: BaseException | None) -> str | None:
+    """The file an OS error (or one it was raised from or while handling) names, if any."""
+    for link in _exception_chain(error):
+        if isinstance(link, OSError) and isinstance(link.filename, str | bytes | os.PathLike):
+            return os.fsdecode(link.filename)
+    return None
 
 
 def _free_space(folder: Path) -> str:
@@ -196,6 +210,15 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def write_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as a ``.npy`` file atomically."""
+    import numpy as np  # numpy is imported by every stage that writes arrays anyway
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        # A file handle, because np.save would append '.npy' to the temporary name.
+        np.save(handle, array)
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
