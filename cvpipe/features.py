@@ -31,7 +31,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import keras
 import numpy as np
@@ -53,7 +53,8 @@ KERAS_VGG16_MD5: dict[str, str] = {
 # Seed of the 'none' (random) weights: fixed so that the offline demo's features are reproducible.
 RANDOM_WEIGHTS_SEED = 0
 FEATURES_JSON = "features.json"
-PRECISIONS = ("float32", "mixed_bfloat16")
+# The compute dtype policies params.yaml accepts (features.precision), in one place: the config's type.
+PRECISIONS: tuple[str, ...] = get_args(FeaturesConfig.model_fields["precision"].annotation)
 
 
 # --------------------------------------------------------------------------------------------- weights
