@@ -544,7 +544,7 @@ def scratch(prefix: str) -> Iterator[Path]:
 
 def tool_env() -> dict[str, str]:
     """Environment for subprocesses: this venv's scripts first, quiet TensorFlow, no telemetry."""
-    from cvpipe.workspace import tool_env as workspace_env
+    from cvpipe.pipeline.workspace import tool_env as workspace_env
 
     env = workspace_env()
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,6 +1,6 @@
 """noop and memory: the whole DAG at Kaggle's scale (25,000 archive members), and memory from 5,000 to 25,000.
 
-**noop.** A scratch workspace (``cvpipe.workspace.prepare_workspace``: its own git + DVC repo holding the real
+**noop.** A scratch workspace (``cvpipe.pipeline.workspace.prepare_workspace``: its own git + DVC repo holding the real
 ``dvc.yaml``) whose ``data.source: local`` archive has 25,000 small JPEGs in Kaggle's layout. The whole DAG
 is reproduced once for real (tiny split, 32 px, one epoch per variant, two independent stages at a time:
 the no-op's cost does not depend on how long the stages took), then ``dvc repro`` is timed while nothing
@@ -111,7 +111,7 @@ class StageMonitor(common.Sampler):
 
 def dvc_repro(workspace: Path, *args: str, watch: Collection[str] = ()) -> tuple[float, str, dict[str, common.Peaks]]:
     """Run ``dvc repro`` in ``workspace``; return its wall time, output and the peak memory of the ``watch`` stages."""
-    from cvpipe.workspace import dvc
+    from cvpipe.pipeline.workspace import dvc
 
     started = time.perf_counter()
     argv = [*dvc("--wait-for-lock", "repro", *args)]
@@ -202,7 +202,7 @@ def noop_runs(workspace: Path, count: int, *args: str) -> list[float]:
 
 def write_params(folder: Path, archive: Path) -> Path:
     """The project's params.yaml with :func:`overrides` merged in, as a stage reads it."""
-    from cvpipe.workspace import deep_merge
+    from cvpipe.pipeline.workspace import deep_merge
 
     base = yaml.safe_load((common.ROOT / "params.yaml").read_text(encoding="utf-8")) or {}
     path = folder / "params.yaml"
@@ -421,7 +421,7 @@ def run(
         noop_count: timed no-op runs of the whole DAG.
         cache: where the generated archives are kept between runs.
     """
-    from cvpipe.workspace import prepare_workspace
+    from cvpipe.pipeline.workspace import prepare_workspace
 
     archives = common.small_archive(images, side, cache), common.small_archive(small, side, cache)
     with common.scratch("dag") as work:

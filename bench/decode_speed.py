@@ -2,7 +2,7 @@
 
 On the same Kaggle-like JPEGs (cvpipe's synthetic generator, 300-500 px, ~30 KB each), in alternating rounds:
 
-- **cvpipe**: ``cvpipe.decode.decode_split`` (the decode stage's work for one split: read from the zip,
+- **cvpipe**: ``cvpipe.stages.decode.decode_split`` (the decode stage's work for one split: read from the zip,
   DCT-scaled decode, orient, squash, write the .npy), a process per core.
 - **seed**: one epoch of ``keras.utils.image_dataset_from_directory(image_size=(180, 180), batch_size=32)``
   over the same files extracted to class folders (full decode + bilinear resize in tf.data, AUTOTUNE).
@@ -76,7 +76,7 @@ def _dct_decode_chunk(archive_path: Path, size: int, members: Sequence[str]) -> 
     """Decode members at the policy's DCT scale with simplejpeg; nothing else (the decode limit)."""
     import simplejpeg
 
-    from cvpipe.images import draft_scale
+    from cvpipe.imaging.images import draft_scale
 
     sides = []
     with zipfile.ZipFile(archive_path) as archive:
@@ -92,8 +92,8 @@ def _dct_decode_chunk(archive_path: Path, size: int, members: Sequence[str]) -> 
 def cvpipe_contenders(archive: Path, members: Sequence[str], out: Path, size: int) -> dict[str, Callable[[], Any]]:
     """cvpipe's decode stage and the simplejpeg decode limit, both on every core."""
     from cvpipe.config import ImageConfig
-    from cvpipe.decode import decode_split
     from cvpipe.parallel import map_chunks
+    from cvpipe.stages.decode import decode_split
 
     cfg = ImageConfig(size=size, workers=0)
     limit = functools.partial(_dct_decode_chunk, archive, size)
@@ -112,7 +112,7 @@ def per_image_costs(archive: Path, members: Sequence[str], size: int, sample: in
 
     from PIL import Image
 
-    from cvpipe.images import _decode_plain_jpeg, load_rgb, squash
+    from cvpipe.imaging.images import _decode_plain_jpeg, load_rgb, squash
 
     with zipfile.ZipFile(archive) as zf:
         names = list(members)[:: max(1, len(members) // sample)]

@@ -2,7 +2,7 @@
 
 On the same Kaggle-like JPEGs, in alternating rounds, each side having already run one epoch:
 
-- **cvpipe**: what ``cvpipe.train`` hands ``fit`` for a split that fits in memory (``fit_inputs``; the seed's
+- **cvpipe**: what ``cvpipe.stages.train`` hands ``fit`` for a split that fits in memory (``fit_inputs``; the seed's
   sizes always do): the decode stage's uint8 cache, read once into memory, shuffled and batched by Keras's
   array adapter (the ``tf.data`` pipeline ``fit`` builds from arrays); the cast to float32 happens in the model.
 - **seed**: ``image_dataset_from_directory(image_size=(180, 180), batch_size=32)``, shuffled, which reads and
@@ -11,7 +11,7 @@ On the same Kaggle-like JPEGs, in alternating rounds, each side having already r
 Both ``tf.data`` pipelines are consumed inside TensorFlow (``Dataset.reduce``), as ``fit`` consumes them, not
 by a Python loop, whose ~1 ms a batch of eager overhead training never pays.
 
-Target: >= 20x less time. Also shown, not judged: ``cvpipe.train.ArrayBatches``, the path of a split too
+Target: >= 20x less time. Also shown, not judged: ``cvpipe.stages.train.ArrayBatches``, the path of a split too
 large for memory (float32 batches read from the memory-mapped cache).
 
     .venv/bin/python bench/epoch_input.py [--images 2000] [--rounds 3]
@@ -58,7 +58,7 @@ def cvpipe_contenders(cache: Path, labels: np.ndarray) -> dict[str, Callable[[],
     # ``fit`` iterates without also running a model.
     from keras.src.trainers.data_adapters import get_data_adapter
 
-    from cvpipe.train import ArrayBatches, fit_inputs
+    from cvpipe.stages.train import ArrayBatches, fit_inputs
 
     images = np.load(cache, mmap_mode="r")
     feed = fit_inputs((images, labels), (images[:1], labels[:1]), BATCH, seed=1337, binary=True)
@@ -72,7 +72,7 @@ def cvpipe_contenders(cache: Path, labels: np.ndarray) -> dict[str, Callable[[],
 def run(images: int = 2000, rounds: int = 3, size: int = SIZE, cache: Path | None = None) -> list[common.Result]:
     """Measure and return the epoch-input result row."""
     from cvpipe.config import ImageConfig
-    from cvpipe.decode import decode_split
+    from cvpipe.stages.decode import decode_split
 
     archive = common.kaggle_like_archive(images, cache)
     members = common.image_members(archive)

@@ -6,7 +6,7 @@ the four parts' ratios, so that one burst of load from elsewhere cannot decide t
 
 - **seed**: the walkthrough's ``get_features_and_labels``: for each batch of 32 from
   ``image_dataset_from_directory``, ``preprocess_input`` then ``conv_base.predict``.
-- **cvpipe**: ``cvpipe.features.extract_features`` over the decode stage's cache (positioned reads of 32 rows,
+- **cvpipe**: ``cvpipe.stages.features.extract_features`` over the decode stage's cache (positioned reads of 32 rows,
   ``preprocess_input``, ``predict_on_batch``, rows appended to the output), in the precision chosen below.
 
 Both models are built and traced before the clock starts (the seed's once in its process; cvpipe's is handed
@@ -109,7 +109,7 @@ def precision_probe(images: np.ndarray, rounds: int = 2) -> tuple[dict[str, Any]
     Returns:
         The probe's figures, and the model (of either precision) the features stage should run.
     """
-    from cvpipe.features import _preprocess, load_conv_base
+    from cvpipe.stages.features import _preprocess, load_conv_base
 
     batch = _preprocess(images[:PROBE_BATCH])
     f32 = _warm(load_conv_base("none", images.shape[1:]), PROBE_BATCH)
@@ -139,8 +139,8 @@ def precision_probe(images: np.ndarray, rounds: int = 2) -> tuple[dict[str, Any]
 
 def cvpipe_contenders(parts: list[Path], out: Path, model: Any) -> tuple[dict[str, Callable[[], Any]], float]:
     """The features stage over each part's cache, with ``model`` built and traced once, outside the timing."""
-    from cvpipe import features
     from cvpipe.config import FeaturesConfig
+    from cvpipe.stages import features
 
     started = time.perf_counter()
     _warm(model, BATCH)
@@ -171,7 +171,7 @@ def run(
 ) -> list[common.Result]:
     """Measure and return the features result row (on the first ``images`` of the decode benchmark's archive)."""
     from cvpipe.config import ImageConfig
-    from cvpipe.decode import decode_split
+    from cvpipe.stages.decode import decode_split
 
     archive = common.kaggle_like_archive(max(images, archive_images), cache)
     members = common.image_members(archive)[:images]
@@ -247,7 +247,7 @@ def run(
 
 
 def _flops_per_image(size: int) -> float:
-    from cvpipe.models import vgg16_conv_base
+    from cvpipe.ml.models import vgg16_conv_base
 
     return conv_flops(vgg16_conv_base((size, size, 3)))
 

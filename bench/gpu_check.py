@@ -1,7 +1,7 @@
 """GPU check: the seed's whole experiment (VGG16 features + the five variants) on synthetic data, timed.
 
-Runs the library's own code (``cvpipe.features.extract_features``, ``cvpipe.train.train_variant``,
-``cvpipe.evaluate.evaluate_model``) at the seed's sizes (1,000/500/1,000 images per class, 180x180) and epochs
+Runs the library's own code (``cvpipe.stages.features.extract_features``, ``cvpipe.stages.train.train_variant``,
+``cvpipe.stages.evaluate.evaluate_model``) at the seed's sizes (1,000/500/1,000 images per class, 180x180) and epochs
 (30/100/20/50/30, batch 32, RMSprop 1e-3, fine-tuning 1e-5) on a learnable synthetic dataset, and prints one
 table: per variant the epochs, seconds, seconds per epoch after the first (which carries XLA's compilation),
 images/s, model FLOP/s and their fraction of the accelerator's measured bf16 matrix rate, peak accelerator
@@ -405,8 +405,8 @@ def run_features(images: Path, out: Path, batch_size: int, bf16_rate: float) -> 
     compiled during the train split, so it is the steady rate.
     """
     from cvpipe.config import FeaturesConfig
-    from cvpipe.features import extract_features
-    from cvpipe.models import vgg16_conv_base
+    from cvpipe.ml.models import vgg16_conv_base
+    from cvpipe.stages.features import extract_features
 
     started = time.perf_counter()
     summary = extract_features(images, out, FeaturesConfig(weights="none", batch_size=batch_size))
@@ -451,9 +451,9 @@ def run_variant(
         workers: ``train_variant``'s PyDataset reader threads.
     """
     from cvpipe.config import EvaluateConfig
-    from cvpipe.evaluate import evaluate_model
-    from cvpipe.models import load_model
-    from cvpipe.train import train_variant
+    from cvpipe.ml.models import load_model
+    from cvpipe.stages.evaluate import evaluate_model
+    from cvpipe.stages.train import train_variant
 
     model_path = work / "models" / f"{variant}.keras"
     timer = _epoch_timer()

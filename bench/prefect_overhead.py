@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import cpu_model  # noqa: E402
-from cvpipe.workspace import dvc, prepare_workspace, run_tool  # noqa: E402
+from cvpipe.pipeline.workspace import dvc, prepare_workspace, run_tool  # noqa: E402
 from tests.support.prefect_server import Api, running_server, start_process, wait_for  # noqa: E402
 
 TINY: dict[str, Any] = {

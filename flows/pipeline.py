@@ -48,7 +48,7 @@ from pydantic import Field
 
 from cvpipe.config import load_params, parse_params
 from cvpipe.io import write_json_atomic
-from cvpipe.workspace import deep_merge, read_overlay
+from cvpipe.pipeline.workspace import deep_merge, read_overlay
 from tasks.dvc_stages import (
     ProjectBusyError,
     StageOutcome,

@@ -42,7 +42,7 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from prefect.tasks import exponential_backoff
 
-from cvpipe.workspace import dvc, tool_env
+from cvpipe.pipeline.workspace import dvc, tool_env
 
 log = logging.getLogger(__name__)
 

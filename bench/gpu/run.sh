@@ -23,8 +23,8 @@ export KERAS_BACKEND=jax PYTHONUNBUFFERED=1
 "$PYTHON" - <<'PY'
 import importlib, sys
 missing = []
-for name in ("numpy", "jax", "h5py", "ml_dtypes", "yaml", "pydantic", "keras", "cvpipe.train", "cvpipe.features",
-             "cvpipe.evaluate"):
+for name in ("numpy", "jax", "h5py", "ml_dtypes", "yaml", "pydantic", "keras", "cvpipe.stages.train", "cvpipe.stages.features",
+             "cvpipe.stages.evaluate"):
     try:
         importlib.import_module(name)
     except Exception as error:  # an ImportError or a version clash surfacing at import

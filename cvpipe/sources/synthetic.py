@@ -353,7 +353,7 @@ def _phashes(data: bytes) -> list[Any]:
 
     # ingest hashes a JPEG decoded at a small DCT scale (fast); planted near-duplicates are checked that way
     # too, as well as on a full decode.
-    from cvpipe.ingest import HASH_DRAFT_SIZE
+    from cvpipe.stages.ingest import HASH_DRAFT_SIZE
 
     hashes = []
     for draft in (None, HASH_DRAFT_SIZE):

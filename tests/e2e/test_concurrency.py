@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cvpipe.workspace import dvc, run_tool, tool_env
+from cvpipe.pipeline.workspace import dvc, run_tool, tool_env
 from flows.pipeline import DEPLOYMENT_NAME, FLOW_NAME, RUN_RECORD, cvpipe_pipeline
 from tasks.dvc_stages import RUN_LOCK
 from tests.e2e.test_prefect_flow import ROOT, fake_project, flow_run_id

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cvpipe.workspace import dvc, prepare_workspace, run_tool
+from cvpipe.pipeline.workspace import dvc, prepare_workspace, run_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY: dict[str, Any] = {

@@ -56,7 +56,7 @@ import pytest
 import yaml
 
 from cvpipe.config import VARIANTS
-from cvpipe.workspace import deep_merge, dvc, prepare_workspace, tool_env
+from cvpipe.pipeline.workspace import deep_merge, dvc, prepare_workspace, tool_env
 from tests.e2e.test_dvc_full_dag import TINY_MODELS
 from tests.e2e.test_dvc_pipeline import ROOT
 

@@ -20,11 +20,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from cvpipe.workspace import dvc, prepare_workspace, run_tool
+from cvpipe.pipeline.workspace import dvc, prepare_workspace, run_tool
 from tests.e2e.test_dvc_full_dag import ALL_STAGES, ROOT, TINY_MODELS
 from tests.e2e.test_dvc_pipeline import repro, set_param
-from tests.unit.test_openlineage import assert_spec_fields
-from tests.unit.test_report import check_offline
+from tests.unit.lineage.test_openlineage import assert_spec_fields
+from tests.unit.report.test_html import check_offline
 
 pytestmark = pytest.mark.slow
 

@@ -29,7 +29,7 @@ import psutil
 import pytest
 import yaml
 
-from cvpipe.workspace import dvc, prepare_workspace, run_tool
+from cvpipe.pipeline.workspace import dvc, prepare_workspace, run_tool
 from flows.pipeline import RUN_RECORD, cvpipe_pipeline
 from tasks.dvc_stages import kill_tree
 from tests.e2e.test_dvc_pipeline import DATA_STAGES, ROOT, TINY

@@ -13,7 +13,7 @@ import pytest
 
 from bench import common, dag_scale, decode_speed, epoch_input, features_speed, run_all
 from cvpipe.config import ImageConfig, parse_params
-from cvpipe.decode import run_decode
+from cvpipe.stages.decode import run_decode
 
 REPO = Path(__file__).resolve().parents[2]
 

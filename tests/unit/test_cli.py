@@ -47,13 +47,12 @@ def test_bugs_exit_1_with_one_line_and_debug_shows_traceback(monkeypatch, capsys
     def broken(path: Path) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli, "load_params", broken)
+    monkeypatch.setattr(cli.core, "load_params", broken)
     assert cli.main(["check", "--params", str(tmp_path / "p.yaml")]) == 1
     err = capsys.readouterr().err
     assert err.strip() == "internal error: RuntimeError: boom (rerun with --debug for the traceback)"
     with pytest.raises(RuntimeError):
         cli.main(["--debug", "check"])
-    cli._state["debug"] = False
 
 
 def test_check_prints_effective_params(tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ def test_conv_flops_formula() -> None:
 
 
 def test_vgg16_conv_base_flops_match_the_published_figure() -> None:
-    from cvpipe.models import vgg16_conv_base
+    from cvpipe.ml.models import vgg16_conv_base
 
     forward, step = gpu_check.model_flops(vgg16_conv_base((224, 224, 3)))
     # VGG16's 13 convs are ~15.35 GMACs at 224 px (15.47 with the classifier, the usual "15.5 GFLOPs").
@@ -66,7 +66,7 @@ def test_vgg16_conv_base_flops_match_the_published_figure() -> None:
 
 
 def test_training_flops_follow_the_trainable_layers() -> None:
-    from cvpipe.models import frozen_base_classifier, prepare_fine_tuning, vgg16_conv_base
+    from cvpipe.ml.models import frozen_base_classifier, prepare_fine_tuning, vgg16_conv_base
 
     model = frozen_base_classifier(vgg16_conv_base((64, 64, 3)))
     forward, frozen_step = gpu_check.model_flops(model)

@@ -19,8 +19,8 @@ from PIL import Image
 
 from cvpipe.config import IngestConfig, SplitConfig, SplitCounts
 from cvpipe.errors import DataError
-from cvpipe.ingest import build_manifest, run_ingest
-from cvpipe.split import run_split
+from cvpipe.stages.ingest import build_manifest, run_ingest
+from cvpipe.stages.split import run_split
 from tests.conftest import image_bytes, jpeg_bytes, write_zip
 
 CLASSES = ["cat", "dog"]

@@ -169,7 +169,7 @@ def test_cli_maps_a_full_disk_anywhere_to_exit_2_and_one_line(
     def full(path: Path) -> None:
         raise RuntimeError("save failed") from enospc(str(tmp_path / "models" / "m.keras"))
 
-    monkeypatch.setattr(cli, "load_params", full)
+    monkeypatch.setattr(cli.core, "load_params", full)
     assert cli.main(["check", "--params", str(tmp_path / "p.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: no space left on device writing {tmp_path / 'models' / 'm.keras'} (")

@@ -9,16 +9,39 @@ SHA = "a" * 64
 
 def manifest_row(**overrides: object) -> dict:
     row = {
-        "member": "train/cat.0.jpg", "label": "cat", "label_index": 0, "sha256": SHA, "bytes": 10, "width": 50,
-        "height": 40, "mode": "RGB", "format": "JPEG", "phash": "0" * 16, "phash_flip": "f" * 16, "status": "ok",
+        "member": "train/cat.0.jpg",
+        "label": "cat",
+        "label_index": 0,
+        "sha256": SHA,
+        "bytes": 10,
+        "width": 50,
+        "height": 40,
+        "mode": "RGB",
+        "format": "JPEG",
+        "phash": "0" * 16,
+        "phash_flip": "f" * 16,
+        "status": "ok",
         "reason": "",
     }
     return row | overrides
 
 
 def test_valid_manifest_has_no_failures() -> None:
-    frame = pd.DataFrame([manifest_row(), manifest_row(member="x", status="quarantined", reason="empty file",
-                                                       sha256="", phash="", phash_flip="", label="", label_index=-1)])
+    frame = pd.DataFrame(
+        [
+            manifest_row(),
+            manifest_row(
+                member="x",
+                status="quarantined",
+                reason="empty file",
+                sha256="",
+                phash="",
+                phash_flip="",
+                label="",
+                label_index=-1,
+            ),
+        ]
+    )
     assert validate_manifest(frame, ["cat", "dog"], 16) == []
 
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from cvpipe.errors import ConfigError
-from cvpipe.workspace import dvc, run_tool
+from cvpipe.pipeline.workspace import dvc, run_tool
 from flows.pipeline import (
     DagScheduler,
     RunReport,
@@ -149,9 +149,9 @@ def test_stage_status_reads_what_dvc_printed(lines: list[str], status: str) -> N
 
 
 def test_line_level_keeps_cvpipe_and_dvc_levels() -> None:
-    assert line_level("2026-01-02 03:04:05,678 WARNING cvpipe.split: 3 images left out") == (
+    assert line_level("2026-01-02 03:04:05,678 WARNING cvpipe.stages.split: 3 images left out") == (
         logging.WARNING,
-        "cvpipe.split: 3 images left out",
+        "cvpipe.stages.split: 3 images left out",
     )
     assert line_level("ERROR: failed to reproduce 'split'") == (logging.ERROR, "ERROR: failed to reproduce 'split'")
     assert line_level("> cvpipe split") == (logging.INFO, "> cvpipe split")

@@ -7,8 +7,8 @@ import pytest
 
 from cvpipe.config import DataConfig
 from cvpipe.errors import SourceError
-from cvpipe.sources import fetch
 from cvpipe.sources.local import fetch_local
+from cvpipe.stages.download import fetch
 from tests.conftest import jpeg_bytes, write_zip
 
 

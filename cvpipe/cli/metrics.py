@@ -1,0 +1,20 @@
+"""``cvpipe metrics``: the variants' test metrics next to the seed's figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cvpipe.cli.core import app
+
+
+@app.command("metrics")
+def metrics_command(
+    folder: Annotated[Path, typer.Option("--dir", help="Folder of <variant>.json metrics.")] = Path("reports/metrics"),
+) -> None:
+    """Print the variants' test metrics next to the seed's figures (Markdown)."""
+    from cvpipe.report.html import metrics_table
+
+    typer.echo(metrics_table(folder))

@@ -1,0 +1,253 @@
+"""The stage commands dvc.yaml calls: one thin shell per stage around :mod:`cvpipe.stages`.
+
+Every stage runs inside :func:`cvpipe.lineage.record.track_stage`: an OpenLineage START event before it, then
+its lineage record (``reports/lineage/<stage>/record.json``) and a COMPLETE event, or a FAIL event. The stage
+modules themselves know nothing about lineage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cvpipe.cli.core import ParamsOption, app, progress_bar, read_params
+from cvpipe.lineage.record import track_stage
+
+log = logging.getLogger(__name__)
+
+
+@app.command()
+def check(params: ParamsOption = Path("params.yaml")) -> None:
+    """Validate the params file and print the effective configuration."""
+    import yaml
+
+    typer.echo(yaml.safe_dump(read_params(params).model_dump(mode="json"), sort_keys=False).rstrip())
+
+
+@app.command()
+def download(
+    out: Annotated[Path, typer.Option(help="Output folder (archive + SOURCE.json).")] = Path("data/raw"),
+    staging: Annotated[Path, typer.Option(help="Download cache outside DVC outputs.")] = Path("data/staging"),
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Download stage: fetch the source (Kaggle, synthetic, local) into one archive + SOURCE.json."""
+    from cvpipe.stages.download import ARCHIVE_NAME, RECORD_NAME, fetch
+
+    cfg = read_params(params)
+    outputs = [out / ARCHIVE_NAME, out / RECORD_NAME]
+    with track_stage("download", inputs=[], outputs=outputs, params_file=params, sections=["data"]) as run:
+        record = fetch(cfg.data, out, staging)
+        run.summary = record  # SOURCE.json: where the archive came from, never a credential
+    log.info("download: %s archive sha256 %s", record["source"], record["archive"]["sha256"])
+
+
+@app.command()
+def ingest(
+    archive: Annotated[Path, typer.Option(help="The raw archive.")] = Path("data/raw/images.zip"),
+    out: Annotated[Path, typer.Option(help="Output folder (manifest + report).")] = Path("data/manifest"),
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Ingest stage: validate every image of the archive into a manifest, quarantining bad files."""
+    from cvpipe.stages.ingest import MANIFEST_NAME, REPORT_NAME, list_members, run_ingest
+
+    cfg = read_params(params)
+    outputs = [out / MANIFEST_NAME, out / REPORT_NAME]
+    with (
+        track_stage(
+            "ingest", inputs=[archive], outputs=outputs, params_file=params, sections=["data", "ingest"]
+        ) as run,
+        progress_bar("ingest", len(list_members(archive))) as advance,
+    ):
+        run.summary = run_ingest(archive, out, cfg.ingest, cfg.data.labels, cfg.data.classes, advance)
+
+
+@app.command()
+def split(
+    manifest: Annotated[Path, typer.Option(help="The manifest.")] = Path("data/manifest/images.parquet"),
+    out: Annotated[Path, typer.Option(help="Output folder (split table + report).")] = Path("data/splits"),
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Split stage: stratified, seeded train/val/test split with near-duplicates kept together."""
+    from cvpipe.stages.split import REPORT_NAME, SPLITS_NAME, run_split
+
+    cfg = read_params(params)
+    outputs = [out / SPLITS_NAME, out / REPORT_NAME]
+    with track_stage(
+        "split", inputs=[manifest], outputs=outputs, params_file=params, sections=["data", "split"]
+    ) as run:
+        run.summary = run_split(manifest, out, cfg.split, cfg.data.classes)
+
+
+@app.command()
+def decode(
+    archive: Annotated[Path, typer.Option(help="The raw archive.")] = Path("data/raw/images.zip"),
+    splits: Annotated[Path, typer.Option(help="The split table.")] = Path("data/splits/splits.parquet"),
+    out: Annotated[Path, typer.Option(help="Output folder (.npy caches).")] = Path("data/cache/images"),
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Decode stage: cache every split as a uint8 N x S x S x 3 .npy in split order."""
+    from cvpipe.stages.decode import count_images, run_decode
+
+    cfg = read_params(params)
+    with (
+        track_stage("decode", inputs=[archive, splits], outputs=[out], params_file=params, sections=["image"]) as run,
+        progress_bar("decode", count_images(splits)) as advance,
+    ):
+        run.summary = run_decode(archive, splits, out, cfg.image, advance)
+
+
+@app.command()
+def features(
+    images: Annotated[Path, typer.Option(help="The decoded-image cache.")] = Path("data/cache/images"),
+    out: Annotated[Path, typer.Option(help="Output folder (VGG16 feature .npy files).")] = Path("data/cache/vgg16"),
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Features stage: one streaming VGG16 conv-base pass per split over the decoded cache."""
+    import numpy as np
+
+    from cvpipe.stages.features import FEATURES_JSON, extract_features
+
+    cfg = read_params(params)
+    total = sum(len(np.load(path, mmap_mode="r")) for path in Path(images).glob("*_labels.npy"))
+    with (
+        track_stage("features", inputs=[images], outputs=[out], params_file=params, sections=["features"]) as run,
+        progress_bar("features", total) as advance,
+    ):
+        run.summary = extract_features(images, out, cfg.features, progress=advance)
+        # The weights' identity (spec, file, sha256) is what a model's lineage names as its feature extractor.
+        run.summary["weights"] = _json_field(out / FEATURES_JSON, "weights")
+
+
+VariantArgument = Annotated[
+    str, typer.Argument(help="scratch | scratch_aug | feature_extraction | feature_extraction_aug | fine_tuning")
+]
+
+
+@app.command()
+def train(
+    variant: VariantArgument,
+    inputs: Annotated[Path, typer.Option(help="Cache folder: decoded images, or VGG16 features.")],
+    model: Annotated[Path, typer.Option(help="The .keras file to write (best epoch by val_loss).")],
+    out: Annotated[Path, typer.Option(help="Folder for history and training curves.")],
+    init: Annotated[Path | None, typer.Option(help="Starting model (fine_tuning).")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Train stage: fit one variant on the train split, keep the best epoch on val."""
+    from cvpipe.stages.modelling import train_stage
+
+    cfg = read_params(params)
+    with track_stage(
+        "train",
+        stage=f"train@{variant}",
+        inputs=[inputs, *([init] if init else [])],
+        outputs=[model, out],
+        params_file=params,
+        sections=["train", "image", "features", "data"],
+    ) as run:
+        run.summary = train_stage(variant, cfg, inputs, model, out, init)
+        if variant == "feature_extraction_aug":
+            run.summary["conv_base"] = _weights_identity(cfg.features.weights)
+
+
+@app.command()
+def evaluate(
+    variant: VariantArgument,
+    inputs: Annotated[Path, typer.Option(help="Cache folder the variant was trained on.")],
+    model: Annotated[Path, typer.Option(help="The trained .keras model.")],
+    metrics: Annotated[Path, typer.Option(help="Metrics JSON to write.")],
+    plots: Annotated[Path, typer.Option(help="Folder for confusion and ROC data.")],
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Evaluate stage: test accuracy, loss, per-class precision/recall/F1, ROC AUC, confusion matrix."""
+    from cvpipe.stages.modelling import LABEL_FILES, SPLIT_FILES, evaluate_stage
+
+    cfg = read_params(params)
+    with track_stage(
+        "evaluate",
+        stage=f"evaluate@{variant}",
+        inputs=[model, inputs / SPLIT_FILES.format(split="test"), inputs / LABEL_FILES.format(split="test")],
+        outputs=[metrics, plots],
+        params_file=params,
+        sections=["evaluate", "data"],
+    ) as run:
+        result = evaluate_stage(cfg, inputs, model, metrics, plots)
+        run.summary = {key: value for key, value in result.items() if key != "per_class"}
+    log.info("evaluate %s: accuracy %.4f", variant, result["accuracy"])
+
+
+def _json_field(path: Path, key: str) -> object:
+    """One field of a JSON file a stage wrote, for its lineage record; None when it is not there."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _weights_identity(spec: str) -> dict[str, object]:
+    """The VGG16 weights a model was built on: the spec, the file and its sha256 (random weights: none)."""
+    from cvpipe.io import sha256_file
+    from cvpipe.stages.features import resolve_weights
+
+    path = resolve_weights(spec)
+    if path is None:
+        return {"spec": spec, "file": "random (none)"}
+    return {"spec": spec, "file": path.name, "sha256": sha256_file(path)}
+
+
+@app.command()
+def audit(
+    archive: Annotated[Path, typer.Option(help="The raw archive (for thumbnails).")] = Path("data/raw/images.zip"),
+    manifest: Annotated[Path, typer.Option(help="The manifest.")] = Path("data/manifest/images.parquet"),
+    splits: Annotated[Path, typer.Option(help="The split table.")] = Path("data/splits/splits.parquet"),
+    out: Annotated[Path, typer.Option(help="Output folder (report, metrics, thumbnails).")] = Path("reports/audit"),
+    params: ParamsOption = Path("params.yaml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Audit stage: exact and near-duplicates within and across splits; fails on leaks beyond audit.*."""
+    from cvpipe.stages.audit import METRICS_NAME, REPORT_NAME, THUMBNAILS_DIR, run_audit
+
+    cfg = read_params(params)
+    with track_stage(
+        "audit",
+        inputs=[archive, manifest, splits],
+        outputs=[out / REPORT_NAME, out / METRICS_NAME, out / THUMBNAILS_DIR],
+        params_file=params,
+        sections=["audit"],
+    ) as run:
+        run.summary = run_audit(archive, manifest, splits, out, cfg.audit)
+    summary = run.summary
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    typer.echo(
+        f"audit ({summary['method']}, {summary['threshold']} bits): {summary['exact_duplicate_groups']} exact-"
+        f"duplicate group(s), {summary['near_duplicate_pairs']} near-duplicate pair(s): "
+        f"{summary['within_split_pairs']} within a split, {summary['cross_split_pairs']} across splits, "
+        f"{summary['one_unused_pairs'] + summary['unused_pairs']} with an unused image; passed"
+    )
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("reports/index.html"),
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Report stage: reports/index.html (metrics vs the seed, curves, data, augmentation, audit, lineage)."""
+    from cvpipe.lineage.record import project_root
+    from cvpipe.report.html import ReportInputs, build_report
+
+    cfg = read_params(params)
+    inputs = ReportInputs()
+    with track_stage(
+        "report",
+        inputs=list(inputs.__dict__.values()),
+        outputs=[out],
+        params_file=params,
+        sections=["report", "audit", "data"],
+    ) as run:
+        run.summary = build_report(project_root(), out, cfg.report, inputs, cfg.audit.thumbnails, cfg.data.classes)
+    typer.echo(f"report: {out}")

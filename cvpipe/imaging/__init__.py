@@ -1,0 +1,1 @@
+"""Image bytes: archives read in place, the one decode policy, perceptual hashes."""

@@ -1,0 +1,93 @@
+"""Every artifact path and file name of the pipeline: the one table dvc.yaml, the CLI, the report, lineage,
+the flows and the demo read.
+
+Paths are relative to the project root (where ``dvc.yaml`` is), as DVC writes them. A stage's own folder
+(``out``) is passed on its command line; the file names inside it come from here, so ``dvc.yaml``'s
+``outs`` and the stage agree by construction (a test holds ``dvc.yaml`` to this table).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# -- file names inside a stage's folder -----------------------------------------------------------------------
+ARCHIVE_NAME = "images.zip"
+SOURCE_NAME = "SOURCE.json"
+MANIFEST_NAME = "images.parquet"
+REPORT_NAME = "report.json"
+SPLITS_NAME = "splits.parquet"
+IMAGES_META_NAME = "images.json"
+FEATURES_META_NAME = "features.json"
+HISTORY_NAME = "history.json"
+LIVE_DIR_NAME = "live"
+CONFUSION_NAME = "confusion.csv"
+CONFUSION_MATRIX_NAME = "confusion_matrix.json"
+ROC_NAME = "roc.csv"
+AUDIT_METRICS_NAME = "metrics.json"
+THUMBNAILS_DIR_NAME = "thumbnails"
+RECORD_NAME = "record.json"
+EVENTS_NAME = "events.jsonl"
+MODEL_SUFFIX = ".keras"
+
+# -- folders and files, relative to the project root ----------------------------------------------------------
+RAW_DIR = Path("data/raw")
+STAGING_DIR = Path("data/staging")  # outside DVC's outputs: a rerun resumes or skips a download
+MANIFEST_DIR = Path("data/manifest")
+SPLITS_DIR = Path("data/splits")
+IMAGES_CACHE = Path("data/cache/images")
+FEATURES_CACHE = Path("data/cache/vgg16")
+MODELS_DIR = Path("models")
+TRAIN_DIR = Path("reports/train")
+METRICS_DIR = Path("reports/metrics")
+PLOTS_DIR = Path("reports/plots")
+AUDIT_DIR = Path("reports/audit")
+LINEAGE_DIR = Path("reports/lineage")
+REPORT_HTML = Path("reports/index.html")
+# Where stage commands run outside the pipeline (other paths than dvc.yaml's) send their events by default.
+ADHOC_EVENTS = Path("reports/openlineage.jsonl")
+
+ARCHIVE = RAW_DIR / ARCHIVE_NAME
+SOURCE = RAW_DIR / SOURCE_NAME
+MANIFEST = MANIFEST_DIR / MANIFEST_NAME
+MANIFEST_REPORT = MANIFEST_DIR / REPORT_NAME
+SPLITS = SPLITS_DIR / SPLITS_NAME
+SPLIT_REPORT = SPLITS_DIR / REPORT_NAME
+AUDIT_REPORT = AUDIT_DIR / REPORT_NAME
+AUDIT_METRICS = AUDIT_DIR / AUDIT_METRICS_NAME
+AUDIT_THUMBNAILS = AUDIT_DIR / THUMBNAILS_DIR_NAME
+CACHES = (IMAGES_CACHE, FEATURES_CACHE)
+
+
+def split_file(cache: Path, split: str) -> Path:
+    """A cache's array for one split: ``<cache>/<split>.npy`` (N x ... in split-manifest order)."""
+    return Path(cache) / f"{split}.npy"
+
+
+def labels_file(cache: Path, split: str) -> Path:
+    """A cache's labels for one split: ``<cache>/<split>_labels.npy``."""
+    return Path(cache) / f"{split}_labels.npy"
+
+
+def model_file(variant: str, models_dir: Path = MODELS_DIR) -> Path:
+    """A variant's trained model: ``models/<variant>.keras``."""
+    return Path(models_dir) / f"{variant}{MODEL_SUFFIX}"
+
+
+def train_dir(variant: str) -> Path:
+    """A variant's training outputs (history, curves): ``reports/train/<variant>``."""
+    return TRAIN_DIR / variant
+
+
+def metrics_file(variant: str, metrics_dir: Path = METRICS_DIR) -> Path:
+    """A variant's test metrics: ``reports/metrics/<variant>.json``."""
+    return Path(metrics_dir) / f"{variant}.json"
+
+
+def plots_dir(variant: str) -> Path:
+    """A variant's plot data (confusion, ROC): ``reports/plots/<variant>``."""
+    return PLOTS_DIR / variant
+
+
+def lineage_dir(stage: str) -> Path:
+    """A stage's lineage folder (record + events): ``reports/lineage/<stage>`` (``train@scratch``)."""
+    return LINEAGE_DIR / stage

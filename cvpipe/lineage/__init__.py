@@ -1,0 +1,1 @@
+"""Lineage: a record per stage run, OpenLineage events, lineage queries."""

@@ -1,0 +1,534 @@
+"""Answers from lineage records, ``dvc.lock`` and the manifests: ``cvpipe lineage model | image | diff``.
+
+Nothing here runs a stage or rewrites a file. The chain of a model is followed record by record: a stage's
+record names each input with its DVC hash and the stage that produced it, and the link holds when that
+stage's record produced exactly that hash. A broken link (an upstream stage rerun since, a file changed by
+hand) is reported as such rather than papered over.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cvpipe.config import SPLITS
+from cvpipe.errors import CvpipeError
+from cvpipe.lineage.record import (
+    LINEAGE_DIR,
+    RECORD_NAME,
+    dvc_hash,
+    lock_outputs,
+    producing_stage,
+    read_lock,
+    relative,
+)
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "data/manifest/images.parquet"
+SPLITS_TABLE = "data/splits/splits.parquet"
+CACHES = ("data/cache/images", "data/cache/vgg16")
+_MIN_PREFIX = 8
+_DVC_CACHE = Path(".dvc/cache/files/md5")
+
+
+# -- records --------------------------------------------------------------------------------------------------
+
+
+def load_record(root: Path, stage: str) -> dict[str, Any] | None:
+    """The lineage record of ``stage``, or None when it has none (yet)."""
+    path = Path(root) / LINEAGE_DIR / stage / RECORD_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def all_records(root: Path) -> dict[str, dict[str, Any]]:
+    """Every stage's record, by stage name."""
+    folder = Path(root) / LINEAGE_DIR
+    found = {}
+    for path in sorted(folder.glob(f"*/{RECORD_NAME}")):
+        record = load_record(root, path.parent.name)
+        if record is not None:
+            found[str(record.get("stage", path.parent.name))] = record
+    return found
+
+
+def _output(record: Mapping[str, Any], path: str) -> dict[str, Any] | None:
+    return next((entry for entry in record.get("outputs") or [] if entry.get("path") == path), None)
+
+
+def _dir_listing(root: Path, md5: str) -> dict[str, str] | None:
+    """``{relpath: md5}`` of a folder version, from DVC's cache (None when it is not there)."""
+    digest = md5.removesuffix(".dir")
+    path = Path(root) / _DVC_CACHE / digest[:2] / f"{digest[2:]}.dir"
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return {entry["relpath"]: entry.get("md5", "") for entry in entries if isinstance(entry, dict)}
+
+
+def link(root: Path, entry: Mapping[str, Any], upstream: Mapping[str, Any] | None) -> str:
+    """Whether an input is exactly what its producing stage's record wrote: ``ok``, ``broken``, ``unknown``.
+
+    A file inside a produced folder (``data/cache/images/test.npy``) is checked against the folder's
+    listing in DVC's cache.
+    """
+    if upstream is None or not entry.get("md5"):
+        return "unknown"
+    path = str(entry["path"])
+    produced = _output(upstream, path)
+    if produced is not None:
+        return "ok" if produced.get("md5") == entry["md5"] else "broken"
+    for out in upstream.get("outputs") or []:
+        prefix = f"{out.get('path')}/"
+        if path.startswith(prefix) and str(out.get("md5", "")).endswith(".dir"):
+            listing = _dir_listing(root, out["md5"])
+            if listing is None:
+                return "unknown"
+            return "ok" if listing.get(path.removeprefix(prefix)) == entry["md5"] else "broken"
+    return "unknown"
+
+
+def chain(root: Path, stage: str, records: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The stages upstream of ``stage`` (itself first), each with its inputs' links, breadth first."""
+    produced = lock_outputs(read_lock(root))
+    order, seen, queue = [], {stage}, [stage]
+    while queue:
+        name = queue.pop(0)
+        record = records.get(name)
+        links = []
+        for entry in (record or {}).get("inputs") or []:
+            upstream = entry.get("stage") or producing_stage(str(entry.get("path", "")), produced)
+            links.append(
+                {
+                    "path": entry.get("path"),
+                    "md5": entry.get("md5"),
+                    "stage": upstream,
+                    "link": link(root, entry, records.get(upstream) if upstream else None),
+                }
+            )
+            if upstream and upstream not in seen:
+                seen.add(upstream)
+                queue.append(upstream)
+        order.append({"stage": name, "record": record is not None, "inputs": links})
+    return order
+
+
+# -- model ----------------------------------------------------------------------------------------------------
+
+
+def _source(record: Mapping[str, Any] | None) -> dict[str, Any]:
+    summary = (record or {}).get("summary") or {}
+    archive = summary.get("archive") or {}
+    download = summary.get("download") or {}
+    return {
+        "source": summary.get("source"),
+        "competition": summary.get("competition"),
+        "archive_sha256": archive.get("sha256"),
+        "archive_bytes": archive.get("bytes"),
+        "last_modified": download.get("last_modified"),
+        "retrieved_at": summary.get("retrieved_at"),
+        "generator": summary.get("generator"),
+        "seed": summary.get("seed"),
+    }
+
+
+def _table(record: Mapping[str, Any] | None, suffix: str) -> dict[str, Any]:
+    entry = next((out for out in (record or {}).get("outputs") or [] if out.get("path", "").endswith(suffix)), {})
+    return {"path": entry.get("path"), "md5": entry.get("md5"), "rows": entry.get("rows")}
+
+
+def _run(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The when, who and how of one record."""
+    environment = record.get("environment") or {}
+    return {
+        "stage": record.get("stage"),
+        "run_id": record.get("run_id"),
+        "started_at": record.get("started_at"),
+        "finished_at": record.get("finished_at"),
+        "seconds": record.get("seconds"),
+        "orchestrator": record.get("orchestrator"),
+        "git": record.get("git"),
+        "params": record.get("params"),
+        "packages": environment.get("packages"),
+        "user": environment.get("user"),
+        "host": environment.get("host"),
+        "device": (record.get("summary") or {}).get("device"),
+    }
+
+
+def model_lineage(root: Path, artifact: Path | str) -> dict[str, Any]:
+    """The chain behind a model (or any artifact): source, manifest, split, features, params, code, runs.
+
+    Raises:
+        CvpipeError: no stage in ``dvc.lock`` produced the artifact, or its stage has no lineage record.
+    """
+    root = Path(root).resolve()
+    path = relative(root, Path(artifact) if Path(artifact).is_absolute() else root / artifact)
+    produced = lock_outputs(read_lock(root))
+    records = all_records(root)
+    stage = producing_stage(path, produced) or next(
+        (name for name, record in records.items() if _output(record, path)), None
+    )
+    if stage is None:
+        raise CvpipeError(f"{path}: no stage in dvc.lock produced it; run `dvc repro` (or check the path)")
+    record = records.get(stage)
+    if record is None:
+        raise CvpipeError(f"{path}: stage {stage} has no lineage record ({LINEAGE_DIR}/{stage}/); rerun it")
+    stages = chain(root, stage, records)
+    by_command = {}
+    for step in stages:
+        upstream = records.get(step["stage"])
+        if upstream is not None:
+            by_command.setdefault(str(upstream.get("command")), upstream)
+    output = _output(record, path) or {}
+    current = _current_hash(root / path)
+    locked = produced.get(path, {})
+    features = by_command.get("features")
+    return {
+        "artifact": path,
+        "stage": stage,
+        "md5": output.get("md5"),
+        "matches_file": current is not None and current == output.get("md5"),
+        "matches_dvc_lock": bool(locked) and locked.get("md5") == output.get("md5"),
+        "run": _run(record),
+        "source": _source(by_command.get("download")),
+        "manifest": {**_table(by_command.get("ingest"), ".parquet"), **_manifest_counts(by_command.get("ingest"))},
+        "split": {**_table(by_command.get("split"), ".parquet"), "counts": _summary(by_command.get("split"), "counts")},
+        "features": _summary(features, "weights") if features else None,
+        "conv_base": _summary(record, "conv_base") or _first_conv_base(stages, records),
+        "chain": stages,
+        "broken_links": [
+            {"stage": step["stage"], **entry}
+            for step in stages
+            for entry in step["inputs"]
+            if entry["link"] == "broken"
+        ],
+        "upstream_runs": [_run(records[step["stage"]]) for step in stages[1:] if step["stage"] in records],
+    }
+
+
+def _current_hash(path: Path) -> str | None:
+    try:
+        return str(dvc_hash(path)["md5"])
+    except OSError:
+        return None
+
+
+def _summary(record: Mapping[str, Any] | None, key: str) -> Any:
+    return ((record or {}).get("summary") or {}).get(key)
+
+
+def _manifest_counts(record: Mapping[str, Any] | None) -> dict[str, Any]:
+    summary = (record or {}).get("summary") or {}
+    keys = ("members", "ok", "quarantined", "ok_per_class", "quarantined_per_reason")
+    return {key: summary.get(key) for key in keys}
+
+
+def _first_conv_base(stages: Sequence[Mapping[str, Any]], records: Mapping[str, Mapping[str, Any]]) -> Any:
+    """The VGG16 weights a model inherited (fine_tuning continues feature_extraction_aug's model)."""
+    for step in stages:
+        found = _summary(records.get(step["stage"]), "conv_base")
+        if found:
+            return found
+    return None
+
+
+# -- image ----------------------------------------------------------------------------------------------------
+
+
+def find_image(manifest: pd.DataFrame, query: str) -> pd.DataFrame:
+    """Manifest rows matching an archive member name, a sha256, or a unique sha256 prefix (8+ hex digits).
+
+    Raises:
+        CvpipeError: nothing matches, or a prefix matches several images.
+    """
+    rows = manifest[manifest["member"] == query]
+    if rows.empty and len(query) >= _MIN_PREFIX and all(c in "0123456789abcdef" for c in query.lower()):
+        rows = manifest[manifest["sha256"].str.startswith(query.lower())]
+        if rows["sha256"].nunique() > 1:
+            raise CvpipeError(f"{query}: the prefix matches {rows['sha256'].nunique()} images; give more digits")
+    if rows.empty:
+        raise CvpipeError(f"{query}: no archive member or sha256 like that in the manifest")
+    return rows
+
+
+def _split_md5(root: Path, stage: str, records: Mapping[str, Mapping[str, Any]]) -> tuple[str | None, bool]:
+    """The splits.parquet hash a stage's chain was built from, and whether every link up to it holds."""
+    steps = chain(root, stage, records)
+    intact = all(entry["link"] == "ok" for step in steps for entry in step["inputs"] if entry["stage"])
+    split = next((records[s["stage"]] for s in steps if records.get(s["stage"], {}).get("command") == "split"), None)
+    return (_table(split, ".parquet")["md5"] if split else None), intact
+
+
+def image_lineage(root: Path, query: str, manifest_path: str = MANIFEST, splits_path: str = SPLITS_TABLE) -> dict:
+    """Where an image went: its split, its row in the caches, and which models trained, validated or tested on it.
+
+    Raises:
+        CvpipeError: the manifest or split table is missing, or the query matches nothing.
+    """
+    root = Path(root).resolve()
+    manifest, splits = _read_table(root / manifest_path), _read_table(root / splits_path)
+    rows = find_image(manifest, query).sort_values("member")
+    sha256 = str(rows["sha256"].iloc[0])
+    first = rows.iloc[0]
+    copies = manifest[(manifest["sha256"] == sha256) & (manifest["status"] == "ok")]["member"].sort_values().tolist()
+    placed = splits[splits["sha256"] == sha256]
+    answer: dict[str, Any] = {
+        "query": query,
+        "members": rows["member"].tolist(),
+        "sha256": sha256,
+        "label": first["label"],
+        "status": first["status"],
+        "reason": first["reason"] or None,
+        "exact_copies": copies,
+        "split": None,
+        "row": None,
+        "kept_member": copies[0] if copies else None,  # the split keeps the first copy by name
+        "near_duplicate_group": [],
+        "caches": [],
+        "models": [],
+    }
+    if placed.empty:
+        quarantined = first["status"] != "ok"
+        answer["note"] = "quarantined: in no split" if quarantined else "in no split (a label conflict, or not drawn)"
+        return answer
+    entry = placed.iloc[0]
+    split, row = str(entry["split"]), int(entry["row"])
+    group = splits[splits["group"] == entry["group"]]["member"].sort_values().tolist()
+    answer.update(split=split, row=row, near_duplicate_group=group)
+    answer["caches"] = _cache_rows(root, split, row)
+    answer["models"] = _models_using(root, split, _current_hash(root / splits_path))
+    return answer
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as error:
+        raise CvpipeError(f"{path}: cannot read it ({type(error).__name__}); run `dvc repro` or `dvc pull`") from None
+
+
+def _cache_rows(root: Path, split: str, row: int) -> list[dict[str, Any]]:
+    import numpy as np
+
+    rows = []
+    for folder in CACHES:
+        path = root / folder / f"{split}.npy"
+        if path.is_file():
+            length = int(np.load(path, mmap_mode="r").shape[0])
+            rows.append({"path": f"{folder}/{split}.npy", "row": row, "present": row < length})
+    return rows
+
+
+def _models_using(root: Path, split: str, splits_md5: str | None) -> list[dict[str, Any]]:
+    """Training stages that fit on (train) or selected by (val) this split version; evaluations on test."""
+    records = all_records(root)
+    wanted = "evaluate" if split == "test" else "train"
+    use = {"train": "trained on it", "val": "validated on it (best epoch chosen on val)", "test": "tested on it"}[split]
+    found = []
+    for name, record in sorted(records.items()):
+        if record.get("command") != wanted:
+            continue
+        used_md5, intact = _split_md5(root, name, records)
+        model = next((out["path"] for out in record.get("outputs") or [] if out["path"].endswith(".keras")), None)
+        if model is None:
+            model = next(
+                (entry["path"] for entry in record.get("inputs") or [] if entry["path"].endswith(".keras")), None
+            )
+        found.append(
+            {
+                "stage": name,
+                "model": model,
+                "use": use,
+                "same_split_version": used_md5 is not None and used_md5 == splits_md5,
+                "chain_intact": intact,
+            }
+        )
+    return found
+
+
+# -- diff -----------------------------------------------------------------------------------------------------
+
+
+def read_at(root: Path, path: str, rev: str | None) -> pd.DataFrame:
+    """A DVC-tracked parquet file as it was at git revision ``rev`` (None: the workspace), through DVC's API.
+
+    Raises:
+        CvpipeError: the revision or its data cannot be read (say how to fetch it).
+    """
+    if rev is None:
+        return _read_table(Path(root) / path)
+    import dvc.api
+
+    try:
+        data = dvc.api.read(path, repo=str(root), rev=rev, mode="rb")
+    except Exception as error:
+        raise CvpipeError(
+            f"{path}@{rev}: cannot read it ({type(error).__name__}: {_first_line(error)}); check the revision, "
+            "and fetch its data with `dvc fetch --all-commits` or `dvc pull`"
+        ) from None
+    return pd.read_parquet(io.BytesIO(data))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def split_diff(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, Any]:
+    """Images (by sha256) that entered or left each split between two split tables, with per-class counts."""
+    keys = ["sha256", "member", "label", "split"]
+    old, new = before[keys].set_index("sha256"), after[keys].set_index("sha256")
+    splits: dict[str, Any] = {}
+    for name in SPLITS:
+        was, now = set(old.index[old["split"] == name]), set(new.index[new["split"] == name])
+        entered = sorted(now - was, key=lambda sha: str(new.at[sha, "member"]))
+        left = sorted(was - now, key=lambda sha: str(old.at[sha, "member"]))
+        splits[name] = {
+            "entered": [_moved(sha, new, old) for sha in entered],
+            "left": [_moved(sha, old, new) for sha in left],
+            "entered_per_class": _per_class(new.loc[entered, "label"]),
+            "left_per_class": _per_class(old.loc[left, "label"]),
+            "before": len(was),
+            "after": len(now),
+        }
+    common = old.index.intersection(new.index)
+    unchanged = int((old.loc[common, "split"] == new.loc[common, "split"]).sum())
+    return {"splits": splits, "unchanged": unchanged}
+
+
+def _moved(sha: str, here: pd.DataFrame, there: pd.DataFrame) -> dict[str, Any]:
+    """One image of a diff: where it is here and where it was (or is) on the other side."""
+    return {
+        "sha256": sha,
+        "member": str(here.at[sha, "member"]),
+        "label": str(here.at[sha, "label"]),
+        "other_side": str(there.at[sha, "split"]) if sha in there.index else None,
+    }
+
+
+def _per_class(labels: pd.Series) -> dict[str, int]:
+    return {str(label): int(count) for label, count in labels.value_counts().sort_index().items()}
+
+
+def lineage_diff(root: Path, rev1: str, rev2: str | None, path: str = SPLITS_TABLE) -> dict[str, Any]:
+    """:func:`split_diff` of the split table at two git revisions (``rev2`` None: the workspace)."""
+    before, after = read_at(root, path, rev1), read_at(root, path, rev2)
+    return {"path": path, "rev1": rev1, "rev2": rev2 or "workspace", **split_diff(before, after)}
+
+
+# -- text for people ------------------------------------------------------------------------------------------
+
+
+def _short(md5: Any) -> str:
+    return str(md5)[:12] if md5 else "-"
+
+
+def _counts(counts: Mapping[str, Any] | None) -> str:
+    if not counts:
+        return "-"
+    return ", ".join(f"{label} {count}" for label, count in counts.items())
+
+
+def format_model(answer: Mapping[str, Any]) -> str:
+    """``cvpipe lineage model`` for a terminal: the chain from the source to the artifact."""
+    run, source, manifest, split = answer["run"], answer["source"], answer["manifest"], answer["split"]
+    git = run.get("git") or {}
+    who = run.get("orchestrator") or {}
+    state = "matches" if answer["matches_file"] else "DIFFERS FROM"
+    lines = [
+        f"{answer['artifact']}  md5 {_short(answer['md5'])}  ({state} the file on disk; "
+        f"{'in' if answer['matches_dvc_lock'] else 'NOT in'} dvc.lock)",
+        f"  stage     {answer['stage']}  run {run.get('run_id')}",
+        f"  when      {run.get('started_at')} -> {run.get('finished_at')} ({run.get('seconds')} s)",
+        f"  by        {who.get('kind')}"
+        + (f", Prefect flow run {who['flow_run_id']} ({who.get('flow_run_name')})" if who.get("flow_run_id") else ""),
+        f"  code      git {git.get('commit') or 'none'}"
+        + (" (dirty: " + ", ".join(git.get("dirty_paths") or []) + ")" if git.get("dirty") else ""),
+        f"  device    {run.get('device') or '-'}",
+        "  params    " + ", ".join(f"{key}={json.dumps(value)}" for key, value in (run.get("params") or {}).items()),
+        "  packages  " + ", ".join(f"{name} {version}" for name, version in (run.get("packages") or {}).items()),
+        "source",
+        f"  {source.get('source')}"
+        + (f" {source['competition']}" if source.get("competition") else "")
+        + f", archive sha256 {source.get('archive_sha256')}",
+        f"  Last-Modified {source.get('last_modified') or '-'}, retrieved {source.get('retrieved_at')}",
+        "manifest",
+        f"  {manifest.get('path')} md5 {_short(manifest.get('md5'))}: {manifest.get('members')} members, "
+        f"{manifest.get('ok')} ok, {manifest.get('quarantined')} quarantined",
+        "split",
+        f"  {split.get('path')} md5 {_short(split.get('md5'))}",
+    ]
+    counts = split.get("counts") or {}
+    order = [*SPLITS, *sorted(set(counts) - set(SPLITS))]
+    lines += [f"  {name}: {_counts(counts[name])}" for name in order if name in counts]
+    weights = answer.get("conv_base") or answer.get("features")
+    if weights:
+        lines += [
+            "feature extractor",
+            f"  VGG16 weights {weights.get('spec')} ({weights.get('file')}), sha256 {weights.get('sha256', '-')}",
+        ]
+    lines.append("chain")
+    for step in answer["chain"]:
+        inputs = ", ".join(
+            f"{entry['path']} ({entry['stage'] or 'source'}: {entry['link']})" for entry in step["inputs"]
+        )
+        lines.append(f"  {step['stage']:<28} <- {inputs or '-'}")
+    if answer["broken_links"]:
+        lines.append("BROKEN LINKS: an upstream stage ran again since (dvc repro brings them back in step)")
+    return "\n".join(lines)
+
+
+def format_image(answer: Mapping[str, Any]) -> str:
+    """``cvpipe lineage image`` for a terminal."""
+    lines = [
+        f"{', '.join(answer['members'])}  sha256 {answer['sha256']}",
+        f"  label {answer['label'] or '-'}, {answer['status']}"
+        + (f" ({answer['reason']})" if answer.get("reason") else ""),
+    ]
+    if len(answer["exact_copies"]) > 1:
+        lines.append(f"  exact copies: {', '.join(answer['exact_copies'])} (the split keeps {answer['kept_member']})")
+    if answer["split"] is None:
+        lines.append(f"  {answer.get('note')}")
+        return "\n".join(lines)
+    lines.append(f"  split {answer['split']}, row {answer['row']}")
+    if len(answer["near_duplicate_group"]) > 1:
+        lines.append(f"  near-duplicate group (same split): {', '.join(answer['near_duplicate_group'])}")
+    lines += [f"  cache {cache['path']} row {cache['row']}" for cache in answer["caches"]]
+    for model in answer["models"]:
+        verdict = (
+            "" if model["same_split_version"] and model["chain_intact"] else "  (built from another split version)"
+        )
+        lines.append(f"  {model['stage']}: {model['model']} {model['use']}{verdict}")
+    return "\n".join(lines)
+
+
+def format_diff(answer: Mapping[str, Any], limit: int = 20) -> str:
+    """``cvpipe lineage diff`` for a terminal: per split, what entered and left, with class counts."""
+    lines = [f"{answer['path']}: {answer['rev1']} -> {answer['rev2']} ({answer['unchanged']} images kept their split)"]
+    for name, change in answer["splits"].items():
+        lines.append(
+            f"{name}: {change['before']} -> {change['after']} images; "
+            f"entered {len(change['entered'])} ({_counts(change['entered_per_class'])}), "
+            f"left {len(change['left'])} ({_counts(change['left_per_class'])})"
+        )
+        for sign, key in (("+", "entered"), ("-", "left")):
+            for image in change[key][:limit]:
+                where = image["other_side"] or "no split"
+                lines.append(
+                    f"  {sign} {image['member']} ({image['label']}, {image['sha256'][:12]}; other side: {where})"
+                )
+            if len(change[key]) > limit:
+                lines.append(f"  {sign} ... {len(change[key]) - limit} more (--limit, or --json for all)")
+    return "\n".join(lines)

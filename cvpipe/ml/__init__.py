@@ -1,0 +1,1 @@
+"""Keras building blocks: models, variants, arrays, callbacks, device, weights, metrics."""

@@ -1,0 +1,1 @@
+"""Running DVC from Python: argv, environment, workspaces, stage graph."""

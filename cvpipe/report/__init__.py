@@ -1,0 +1,1 @@
+"""The offline HTML report: SVG charts, HTML helpers and its sections."""

@@ -1,0 +1,279 @@
+"""The audit stage: exact and near-duplicate images within and across splits, and whether any leaked.
+
+The split stage keeps near-duplicates together by construction; the audit checks the result from the
+outside, the way a reviewer would, and measures what a model could have memorised:
+
+* **Exact duplicates**: archive members with the same sha256 (the split keeps one copy), and any sha256
+  that appears in two splits (must be none).
+* **Near-duplicates**: every pair of distinct usable images whose 64-bit perceptual hashes, of the images
+  or of one image's mirror, differ by at most ``audit.near_duplicate_threshold`` bits. ``audit.hash:
+  phash`` reads the manifest's hashes; ``dhash`` or ``average_hash`` recompute another hash from the archive
+  for an independent opinion. Each pair is classed by where its two images went: ``cross_split`` (a leak),
+  ``within_split``, ``one_unused`` or ``unused``; pairs whose labels differ are flagged too.
+
+Outputs (atomic): ``report.json`` (method, threshold, counts, the pairs), ``metrics.json`` (the counts,
+for ``dvc metrics show``) and ``thumbnails/`` (side-by-side thumbnails of the first suspect pairs, with an
+``index.json``). More than ``audit.max_cross_split_pairs`` cross-split pairs fails the stage after writing
+the report, so the pipeline stops before a leaky split is trusted.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps
+
+from cvpipe.config import SPLITS, AuditConfig
+from cvpipe.errors import DataError
+from cvpipe.io import write_bytes_atomic, write_json_atomic
+from cvpipe.stages.split import close_hash_pairs, hex_to_uint64
+
+log = logging.getLogger(__name__)
+
+REPORT_NAME = "report.json"
+METRICS_NAME = "metrics.json"
+THUMBNAILS_DIR = "thumbnails"
+THUMBNAIL_SIDE = 128
+UNUSED = "unused"
+# Pair classes, in the order the report lists them (leaks first).
+KINDS = ("cross_split", "within_split", "one_unused", "unused")
+_HASH_DRAFT_SIZE = 64  # as ingest: a hash looks at a 32x32 or smaller greyscale thumbnail anyway
+
+
+def _hash_image(data: bytes, method: str) -> tuple[int, int]:
+    """A 64-bit hash of the image and of its mirror, computed as ingest computes the phash."""
+    import imagehash
+
+    from cvpipe.imaging.images import decode_oriented
+
+    function = {"phash": imagehash.phash, "dhash": imagehash.dhash, "average_hash": imagehash.average_hash}[method]
+    upright = decode_oriented(data, draft_size=_HASH_DRAFT_SIZE)
+    return int(str(function(upright)), 16), int(str(function(ImageOps.mirror(upright))), 16)
+
+
+def image_hashes(images: pd.DataFrame, archive_path: Path, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's hash and its mirror's: the manifest's phash, or ``method`` recomputed from the archive."""
+    if method == "phash":
+        return hex_to_uint64(images["phash"]), hex_to_uint64(images["phash_flip"])
+    hashes = np.zeros(len(images), dtype=np.uint64)
+    flipped = np.zeros(len(images), dtype=np.uint64)
+    with zipfile.ZipFile(archive_path) as archive:
+        for position, member in enumerate(images["member"]):
+            hashes[position], flipped[position] = _hash_image(archive.read(member), method)
+    return hashes, flipped
+
+
+def close_pairs(hashes: np.ndarray, flipped: np.ndarray, threshold: int) -> pd.DataFrame:
+    """Pairs ``i < j`` within ``threshold`` bits: columns ``i``, ``j``, ``distance``, ``mirrored``.
+
+    The pairs the split stage keeps together (:func:`cvpipe.stages.split.close_hash_pairs`). The distance is the
+    smallest of image-to-image and image-to-mirror; ``mirrored`` says the smallest was through a mirror.
+    """
+    columns: dict[str, list[np.ndarray]] = {"i": [], "j": [], "distance": [], "mirrored": []}
+    for i, j, direct, mirror in close_hash_pairs(hashes, flipped, threshold):
+        columns["i"].append(i)
+        columns["j"].append(j)
+        columns["distance"].append(np.minimum(direct, mirror))
+        columns["mirrored"].append(mirror < direct)
+    dtypes = {"i": np.int64, "j": np.int64, "distance": np.int64, "mirrored": bool}
+    return pd.DataFrame(
+        {
+            name: np.concatenate(parts).astype(dtypes[name]) if parts else np.empty(0, dtypes[name])
+            for name, parts in columns.items()
+        }
+    )
+
+
+def unique_images(manifest: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
+    """Usable images, one per sha256 (the first member by name, as the split keeps), with their split."""
+    ok = manifest[manifest["status"] == "ok"].sort_values("member")
+    images = ok.drop_duplicates("sha256", keep="first").sort_values("sha256").reset_index(drop=True)
+    where = splits.drop_duplicates("sha256").set_index("sha256")
+    images["split"] = images["sha256"].map(where["split"]).fillna(UNUSED).astype(str)
+    images["row"] = images["sha256"].map(where["row"]).fillna(-1).astype("int64")
+    return images
+
+
+def exact_duplicates(manifest: pd.DataFrame, splits: pd.DataFrame) -> list[dict[str, Any]]:
+    """Groups of usable members with one sha256, each with the split its single kept copy went to."""
+    ok = manifest[manifest["status"] == "ok"].sort_values("member")
+    split_of = splits.drop_duplicates("sha256").set_index("sha256")["split"]
+    groups = []
+    for sha256, rows in ok.groupby("sha256", sort=True):
+        if len(rows) > 1:
+            groups.append(
+                {"sha256": sha256, "members": rows["member"].tolist(), "split": str(split_of.get(sha256, UNUSED))}
+            )
+    return groups
+
+
+def classify(first: str, second: str) -> str:
+    """Where a pair's two images went: a leak across splits, one split, or not (both) used."""
+    if first == UNUSED and second == UNUSED:
+        return "unused"
+    if UNUSED in (first, second):
+        return "one_unused"
+    return "within_split" if first == second else "cross_split"
+
+
+def split_pair(first: str, second: str) -> str:
+    """Two split names in the pipeline's order (``train-test``), naming where a leak runs."""
+    order = {name: rank for rank, name in enumerate(SPLITS)}
+    low, high = sorted((first, second), key=lambda name: order.get(name, len(order)))
+    return f"{low}-{high}"
+
+
+def describe_pairs(images: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """One row per pair: both members, hashes, labels, splits, distance and class; leaks first."""
+    first, second = pairs["i"].to_numpy(), pairs["j"].to_numpy()
+    # Name order within a pair (cat.11 before cat.62) reads better than hash order.
+    swap = images["member"].to_numpy()[first] > images["member"].to_numpy()[second]
+    first, second = np.where(swap, second, first), np.where(swap, first, second)
+    a, b = images.iloc[first], images.iloc[second]
+    table = pd.DataFrame(
+        {
+            "a": a["member"].to_numpy(),
+            "b": b["member"].to_numpy(),
+            "a_sha256": a["sha256"].to_numpy(),
+            "b_sha256": b["sha256"].to_numpy(),
+            "a_label": a["label"].to_numpy(),
+            "b_label": b["label"].to_numpy(),
+            "a_split": a["split"].to_numpy(),
+            "b_split": b["split"].to_numpy(),
+            "distance": pairs["distance"].to_numpy(),
+            "mirrored": pairs["mirrored"].to_numpy(),
+        }
+    )
+    table["kind"] = [classify(x, y) for x, y in zip(table["a_split"], table["b_split"], strict=True)]
+    table["label_conflict"] = table["a_label"] != table["b_label"]
+    table["order"] = table["kind"].map({kind: rank for rank, kind in enumerate(KINDS)})
+    table = table.sort_values(["order", "distance", "a", "b"]).drop(columns="order").reset_index(drop=True)
+    return table
+
+
+def _thumbnail(archive: zipfile.ZipFile, member: str) -> Image.Image:
+    from cvpipe.imaging.images import decode_oriented
+
+    image = decode_oriented(archive.read(member), draft_size=THUMBNAIL_SIDE)
+    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
+    return image
+
+
+def pair_thumbnail(archive: zipfile.ZipFile, first: str, second: str) -> bytes:
+    """Both images of a pair side by side on grey, as a JPEG."""
+    gap = 8
+    canvas = Image.new("RGB", (2 * THUMBNAIL_SIDE + gap, THUMBNAIL_SIDE), (128, 128, 128))
+    for slot, member in enumerate((first, second)):
+        image = _thumbnail(archive, member)
+        left = slot * (THUMBNAIL_SIDE + gap) + (THUMBNAIL_SIDE - image.width) // 2
+        canvas.paste(image, (left, (THUMBNAIL_SIDE - image.height) // 2))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def write_thumbnails(archive_path: Path, pairs: list[dict[str, Any]], out_dir: Path, limit: int) -> None:
+    """Thumbnails of the first ``limit`` pairs into ``out_dir``; each pair gets its ``thumbnail`` name."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index = []
+    with zipfile.ZipFile(archive_path) as archive:
+        for number, pair in enumerate(pairs[:limit], start=1):
+            name = f"pair-{number:04d}.jpg"
+            write_bytes_atomic(out_dir / name, pair_thumbnail(archive, pair["a"], pair["b"]))
+            pair["thumbnail"] = f"{THUMBNAILS_DIR}/{name}"
+            index.append({"file": name, "a": pair["a"], "b": pair["b"], "kind": pair["kind"]})
+    # Always written, so the folder exists (a DVC output) even when there is nothing suspect.
+    write_json_atomic(out_dir / "index.json", index)
+
+
+def run_audit(
+    archive_path: Path, manifest_path: Path, splits_path: Path, out_dir: Path, cfg: AuditConfig
+) -> dict[str, Any]:
+    """The audit stage: write ``report.json``, ``metrics.json`` and ``thumbnails/`` into ``out_dir``.
+
+    Returns:
+        The counts (also ``metrics.json``), with the method and threshold.
+
+    Raises:
+        DataError: more cross-split near-duplicate pairs than ``cfg.max_cross_split_pairs``, or an exact
+            duplicate across splits; the report is written first.
+    """
+    out_dir = Path(out_dir)
+    manifest = pd.read_parquet(manifest_path)
+    splits = pd.read_parquet(splits_path, columns=["split", "row", "member", "sha256", "label"])
+    images = unique_images(manifest, splits)
+    hashes, flipped = image_hashes(images, archive_path, cfg.hash)
+    table = describe_pairs(images, close_pairs(hashes, flipped, cfg.near_duplicate_threshold))
+    duplicates = exact_duplicates(manifest, splits)
+    split_count = splits.groupby("sha256")["split"].nunique()
+    exact_cross = sorted(split_count[split_count > 1].index)
+    counts = table["kind"].value_counts().reindex(list(KINDS), fill_value=0)
+    cross = table[table["kind"] == "cross_split"]
+    by_splits = pd.Series([split_pair(a, b) for a, b in zip(cross["a_split"], cross["b_split"], strict=True)])
+    summary: dict[str, Any] = {
+        "method": f"imagehash.{cfg.hash} 64-bit, also of the mirrored image",
+        "hash": cfg.hash,
+        "threshold": cfg.near_duplicate_threshold,
+        "images": len(images),
+        "images_in_splits": int((images["split"] != UNUSED).sum()),
+        "exact_duplicate_groups": len(duplicates),
+        "exact_cross_split": len(exact_cross),
+        "near_duplicate_pairs": len(table),
+        "cross_split_pairs": int(counts["cross_split"]),
+        "within_split_pairs": int(counts["within_split"]),
+        "one_unused_pairs": int(counts["one_unused"]),
+        "unused_pairs": int(counts["unused"]),
+        "label_conflict_pairs": int(table["label_conflict"].sum()),
+        "cross_split_pairs_by_splits": {str(k): int(v) for k, v in sorted(by_splits.value_counts().items())},
+        "max_cross_split_pairs": cfg.max_cross_split_pairs,
+    }
+    passed = summary["cross_split_pairs"] <= cfg.max_cross_split_pairs and not exact_cross
+    summary["passed"] = bool(passed)
+    pairs = table.head(cfg.max_listed_pairs).to_dict(orient="records")
+    for pair in pairs:
+        pair["distance"], pair["mirrored"] = int(pair["distance"]), bool(pair["mirrored"])
+        pair["label_conflict"] = bool(pair["label_conflict"])
+    write_thumbnails(archive_path, pairs, out_dir / THUMBNAILS_DIR, cfg.thumbnails)
+    report = {
+        "summary": summary,
+        "splits": list(SPLITS),
+        "exact_duplicates": duplicates,
+        "exact_cross_split": exact_cross,
+        "pairs": pairs,
+        "pairs_listed": len(pairs),
+    }
+    write_json_atomic(out_dir / REPORT_NAME, report)
+    write_json_atomic(out_dir / METRICS_NAME, {key: summary[key] for key in _METRIC_KEYS})
+    log.info(
+        "audit (%s, %d bits): %d exact-duplicate groups, %d near-duplicate pairs, %d across splits",
+        cfg.hash,
+        cfg.near_duplicate_threshold,
+        len(duplicates),
+        len(table),
+        summary["cross_split_pairs"],
+    )
+    if not passed:
+        raise DataError(
+            f"audit: {summary['cross_split_pairs']} near-duplicate pair(s) across splits (allowed "
+            f"{cfg.max_cross_split_pairs}) and {len(exact_cross)} exact duplicate(s) across splits; see "
+            f"{out_dir / REPORT_NAME}; raise split.near_duplicate_threshold to at least "
+            "audit.near_duplicate_threshold so the split keeps such pairs together, or audit.max_cross_split_pairs"
+        )
+    return summary
+
+
+_METRIC_KEYS = (
+    "exact_duplicate_groups",
+    "exact_cross_split",
+    "near_duplicate_pairs",
+    "cross_split_pairs",
+    "within_split_pairs",
+    "label_conflict_pairs",
+    "passed",
+)

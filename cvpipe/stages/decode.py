@@ -1,0 +1,223 @@
+"""The decode stage: each split's images, decoded once, as one uint8 ``N x S x S x 3`` .npy (memmap-able).
+
+Images are read straight from the raw archive in the split table's order and decoded in a process pool
+(:func:`cvpipe.imaging.images.load_rgb`: one resize policy). The archive's central directory is parsed once per split
+by :func:`cvpipe.imaging.archive.locate_members`, into a table stored by column (NumPy offsets, sizes and CRCs;
+~64 bytes a member besides its name); workers are sent row ranges of it and read their members with
+positioned reads (CRC checked), rather than every chunk parsing the directory again (25,000 entries: ~30 MB
+of ``ZipInfo`` and ~0.1 s each time). Each worker decodes a contiguous range of rows into a buffer of at
+most ``_CHUNK_BYTES`` and writes it with one positioned write into the output file, which is renamed into
+place only once every row is written. Writing through the file rather than a memory map keeps each
+process's resident memory flat however many images a split has (dirty pages of a shared mapping count as
+the writer's resident memory until it is unmapped). Labels go to ``<split>_labels.npy`` (int32) in the same
+order. Training then reads these arrays instead of re-decoding JPEGs every epoch.
+
+What the main process holds grows with the number of images, so it is kept small: the split table is read
+with the system allocator into Arrow columns (one string buffer, not a Python string per member) and a
+split's names become Python strings only while that split is decoded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from cvpipe.config import SPLITS, ImageConfig
+from cvpipe.errors import DataError
+from cvpipe.imaging.archive import Member, MemberTable, locate_members, read_member
+from cvpipe.imaging.images import load_decoders, load_rgb
+from cvpipe.io import atomic_path, system_memory_pool, write_json_atomic, write_npy_atomic
+from cvpipe.parallel import map_chunks, start_pool, worker_count
+
+log = logging.getLogger(__name__)
+
+META_NAME = "images.json"
+RESIZE_POLICY = (
+    "JPEG DCT-domain downscale to the smallest power-of-two scale >= size (libjpeg-turbo, as Pillow's draft), "
+    "EXIF transpose, RGB, squash with OpenCV INTER_LINEAR_EXACT (bilinear, half-pixel centres)"
+)
+# A worker's chunk: at most this many rows and bytes of output buffer (16 MiB = 172 rows at 180 px), however
+# large the split, so that a worker's memory does not grow with it; ~100 chunks for 25,000 images is cheap.
+_CHUNK_ROWS = 256
+_CHUNK_BYTES = 16 << 20
+
+
+def _write_at(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (``os.pwrite`` may write less than asked)."""
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
+
+
+_buffers: dict[int, np.ndarray] = {}
+
+
+def _chunk_buffer(rows: int, size: int) -> np.ndarray:
+    """A ``rows x size x size x 3`` view of this worker's output buffer, reused from chunk to chunk.
+
+    Fresh memory for every chunk would be paid again in page faults and zeroing (~15% of the stage's CPU).
+    """
+    buffer = _buffers.get(size)
+    if buffer is None or len(buffer) < rows:
+        buffer = _buffers[size] = np.empty((rows, size, size, 3), dtype=np.uint8)
+    return buffer[:rows]
+
+
+class _Rows(Sequence[Member]):
+    """Consecutive rows of a split's output, from row ``start``, and their members: a worker's job.
+
+    Sliced (as :func:`cvpipe.parallel.map_chunks` hands out chunks) into views, so that every chunk of a
+    split can be queued at once without a copy of its members; only a chunk being pickled is copied.
+    """
+
+    def __init__(self, start: int, members: MemberTable) -> None:
+        """Rows ``start``, ``start + 1``, ... for ``members``, in order."""
+        self.start = start
+        self.members = members
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    @overload
+    def __getitem__(self, index: int) -> Member: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> _Rows: ...
+
+    def __getitem__(self, index: int | slice) -> Member | _Rows:
+        if not isinstance(index, slice):
+            return self.members[index]
+        begin, end, step = index.indices(len(self))
+        if step != 1:
+            raise ValueError("decode jobs are contiguous ranges of rows")  # one positioned write per job
+        return _Rows(self.start + begin, self.members.rows(begin, end))
+
+
+def _decode_rows(archive_path: Path, array_path: Path, data_offset: int, size: int, jobs: _Rows) -> list[int]:
+    """Decode ``jobs``, a contiguous range of rows, into the .npy at ``array_path``.
+
+    Args:
+        archive_path: the raw archive.
+        array_path: the (temporary) output .npy, already of full size.
+        data_offset: where its array data starts (after the .npy header).
+        size: the side of the decoded images.
+        jobs: consecutive rows and their archive members.
+
+    Returns:
+        The rows written.
+    """
+    buffer = _chunk_buffer(len(jobs), size)
+    archive = os.open(archive_path, os.O_RDONLY)
+    try:
+        for index, member in enumerate(jobs.members):
+            try:
+                load_rgb(read_member(archive, member, archive_path), size, out=buffer[index])
+            except Exception as error:
+                raise DataError(
+                    f"{member.name}: passed ingest but failed to decode ({type(error).__name__}: {error}); "
+                    "rerun ingest (dvc repro -f ingest) and report this file"
+                ) from None
+    finally:
+        os.close(archive)
+    fd = os.open(array_path, os.O_WRONLY)
+    try:
+        _write_at(fd, memoryview(buffer).cast("B"), data_offset + jobs.start * buffer[0].nbytes)
+    finally:
+        os.close(fd)
+    return list(range(jobs.start, jobs.start + len(jobs)))
+
+
+def decode_split(
+    archive_path: Path,
+    members: Sequence[str],
+    out_path: Path,
+    cfg: ImageConfig,
+    progress: Callable[[int], None] | None = None,
+    pool: Executor | None = None,
+) -> None:
+    """Decode ``members`` into ``out_path`` (N x size x size x 3 uint8), atomically.
+
+    ``pool``: a running process pool to decode in (see :func:`cvpipe.parallel.start_pool`); by default one of
+    ``cfg.workers`` processes is started for this call.
+    """
+    shape = (len(members), cfg.size, cfg.size, 3)
+    with atomic_path(out_path) as tmp:
+        # Writes the header and sizes the file (sparse until the workers fill it); only the offset is kept.
+        header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        data_offset = int(header.offset)
+        del header
+        work = functools.partial(_decode_rows, Path(archive_path), tmp, data_offset, cfg.size)
+        max_rows = max(1, min(_CHUNK_ROWS, _CHUNK_BYTES // (cfg.size * cfg.size * 3)))
+        load_decoders()
+        jobs = _Rows(0, locate_members(archive_path, members))
+        map_chunks(work, jobs, worker_count(cfg.workers), progress, max_chunk=max_rows, pool=pool)
+
+
+def count_images(splits_path: Path) -> int:
+    """How many rows the split table has (what the stage decodes), from the parquet footer: no column is read."""
+    return int(pq.read_metadata(splits_path).num_rows)
+
+
+def read_splits(splits_path: Path) -> dict[str, tuple[pa.ChunkedArray, np.ndarray]]:
+    """Read the split table as, per split, its member names (Arrow strings) and int32 label indices in row order.
+
+    Arrow columns from the system allocator, without threads, pandas or Python objects per row: Python
+    lists of every member and label, and the sort keys that ordered them, grew the stage's resident memory
+    by ~10 MB from 5,000 to 25,000 rows (a Python string is ~70 bytes, an int above 256 is 28); these
+    columns, by ~3 MB. Rows of other splits than :data:`~cvpipe.config.SPLITS` are left out.
+    """
+    with system_memory_pool():
+        table = pq.read_table(splits_path, columns=["split", "row", "member", "label_index"], use_threads=False)
+        splits: dict[str, tuple[pa.ChunkedArray, np.ndarray]] = {}
+        for name in SPLITS:
+            # A stable sort: rows that share a number keep the table's order.
+            rows = table.filter(pc.equal(table["split"], name)).sort_by("row")
+            splits[name] = (rows["member"], rows["label_index"].to_numpy().astype(np.int32))
+        return splits
+
+
+def run_decode(
+    archive_path: Path,
+    splits_path: Path,
+    out_dir: Path,
+    cfg: ImageConfig,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """The decode stage: ``<split>.npy`` and ``<split>_labels.npy`` for every split, plus ``images.json``.
+
+    One pool of workers serves every split. It is started before the split table is read, so the workers
+    (forked) do not carry a copy of it: their memory does not depend on how many images there are. A caller
+    that wants the number of images first (a progress bar) should use :func:`count_images`: whatever reading
+    the table leaves resident in the caller is inherited by every worker (~8 MB each at 25,000 rows read
+    with pandas).
+    """
+    out_dir = Path(out_dir)
+    summary: dict[str, Any] = {"size": cfg.size, "resize": RESIZE_POLICY, "splits": {}}
+    started = time.monotonic()
+    load_decoders()
+    pool = start_pool(worker_count(cfg.workers))
+    with pool if pool is not None else contextlib.nullcontext():
+        splits = read_splits(splits_path)
+        total = sum(len(members) for members, _ in splits.values())
+        for name in SPLITS:
+            members, labels = splits.pop(name)
+            # Python strings for this split only, freed when it is done.
+            decode_split(archive_path, members.to_pylist(), out_dir / f"{name}.npy", cfg, progress, pool)
+            write_npy_atomic(out_dir / f"{name}_labels.npy", labels)
+            summary["splits"][name] = {"images": len(members), "shape": [len(members), cfg.size, cfg.size, 3]}
+    seconds = time.monotonic() - started
+    write_json_atomic(out_dir / META_NAME, summary)
+    log.info("decode: %d images in %.1f s (%.0f images/s)", total, seconds, total / seconds if seconds else 0.0)
+    return {**summary, "seconds": round(seconds, 3)}

@@ -1,0 +1,199 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import jsonschema
+import pandas as pd
+import pytest
+import yaml
+from openlineage.client import event_v2
+from openlineage.client.serde import Serde
+
+from cvpipe.config import IngestConfig
+from cvpipe.lineage.openlineage import (
+    ClassCountsDatasetFacet,
+    NearDuplicatesDatasetFacet,
+    QuarantineDatasetFacet,
+    SplitPolicyDatasetFacet,
+    StageRunFacet,
+    build_event,
+    make_client,
+    user_configured,
+)
+from cvpipe.lineage.record import StageRun, dvc_hash
+
+ROOT = Path(__file__).resolve().parents[3]
+SCHEMA = json.loads((ROOT / "docs/openlineage/cvpipe-facets.json").read_text())
+CVPIPE = str(Path(sys.executable).parent / "cvpipe")
+FLOW_RUN = "2f0e7c1a-9b7d-4c41-8a55-3d2e1f0a9b8c"
+
+
+def assert_spec_fields(event: dict[str, Any]) -> None:
+    """The OpenLineage spec's required fields of a run event."""
+    assert event["eventType"] in {"START", "RUNNING", "COMPLETE", "ABORT", "FAIL", "OTHER"}
+    assert "T" in event["eventTime"] and event["producer"] and event["schemaURL"].startswith("https://openlineage.io/")
+    assert uuid.UUID(event["run"]["runId"])
+    assert event["job"]["namespace"] and event["job"]["name"]
+    for dataset in [*event["inputs"], *event["outputs"]]:
+        assert dataset["namespace"] and dataset["name"]
+        for facet in dataset.get("facets", {}).values():
+            assert facet["_producer"] and facet["_schemaURL"]
+
+
+def _run(root: Path, **fields: Any) -> StageRun:
+    defaults: dict[str, Any] = {
+        "stage": "split",
+        "command": "split",
+        "root": root,
+        "inputs": ["data/manifest/images.parquet"],
+        "outputs": ["data/splits/splits.parquet", "data/splits/report.json"],
+        "code": [],
+        "params": {"split.seed": 42},
+        "record_dir": None,
+        "run_id": str(uuid.uuid4()),
+    }
+    return StageRun(**{**defaults, **fields})
+
+
+def test_events_are_typed_and_carry_the_spec_fields(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CVPIPE_FLOW_RUN_ID", FLOW_RUN)
+    (tmp_path / "data/splits").mkdir(parents=True)
+    pd.DataFrame({"split": ["train", "test"], "label": ["cat", "dog"]}).to_parquet(
+        tmp_path / "data/splits/splits.parquet"
+    )
+    report = {"counts": {"train": {"cat": 1}}, "policy": {"seed": 42, "near_duplicate_threshold": 10, "hash": "phash"}}
+    (tmp_path / "data/splits/report.json").write_text(json.dumps(report))
+    run = _run(tmp_path)
+    run.input_hashes = {"data/manifest/images.parquet": {"md5": "a" * 32}}
+    start = build_event(run, event_v2.RunState.START)
+    assert isinstance(start, event_v2.RunEvent) and isinstance(start.run, event_v2.Run)
+    run.output_hashes = {path: dvc_hash(tmp_path / path) for path in run.outputs}
+    complete = Serde.to_dict(build_event(run, event_v2.RunState.COMPLETE))
+    for event in (Serde.to_dict(start), complete):
+        assert_spec_fields(event)
+        assert event["run"]["runId"] == run.run_id and event["job"] == {**event["job"], "name": "split"}
+        assert event["run"]["facets"]["parent"]["run"]["runId"] == FLOW_RUN
+    assert [d["name"] for d in complete["inputs"]] == [(tmp_path / "data/manifest/images.parquet").as_posix()]
+    assert complete["inputs"][0]["facets"]["version"]["datasetVersion"] == "a" * 32
+    table = complete["outputs"][0]
+    assert table["namespace"] == "file" and table["name"] == (tmp_path / "data/splits/splits.parquet").as_posix()
+    assert table["facets"]["version"]["datasetVersion"] == dvc_hash(tmp_path / "data/splits/splits.parquet")["md5"]
+    assert [f["name"] for f in table["facets"]["schema"]["fields"]] == ["split", "label"]
+    assert table["facets"]["dataQualityMetrics"]["rowCount"] == 2
+    assert table["facets"]["dataQualityMetrics"]["columnMetrics"]["label"]["distinctCount"] == 2
+    assert table["outputFacets"]["outputStatistics"]["rowCount"] == 2
+    assert table["facets"]["cvpipe_splitPolicy"]["seed"] == 42
+    assert table["facets"]["cvpipe_classCounts"]["counts"] == {"train": {"cat": 1}}
+    assert Serde.to_dict(start)["outputs"][0].get("facets") in (None, {})  # no versions before the stage ran
+
+
+@pytest.mark.parametrize(
+    ("facet", "name"),
+    [
+        (ClassCountsDatasetFacet(counts={"train": {"cat": 3}, "test": {"cat": 1}}), "ClassCountsDatasetFacet"),
+        (QuarantineDatasetFacet(members=5, ok=4, quarantined=1, perReason={"empty file": 1}), "QuarantineDatasetFacet"),
+        (SplitPolicyDatasetFacet(seed=1, perClass={"train": 2}, nearDuplicateThreshold=10), "SplitPolicyDatasetFacet"),
+        (NearDuplicatesDatasetFacet(method="phash", threshold=10, pairsCrossSplit=0), "NearDuplicatesDatasetFacet"),
+        (StageRunFacet(stage="split", command="split", orchestrator="dvc", gitDirty=False), "StageRunFacet"),
+    ],
+)
+def test_custom_facets_follow_their_published_schema(facet: Any, name: str) -> None:
+    data = Serde.to_dict(facet)
+    assert data["_schemaURL"].endswith(f"cvpipe-facets.json#/$defs/{name}")
+    jsonschema.validate(data, {"$ref": f"#/$defs/{name}", "$defs": SCHEMA["$defs"]})
+
+
+def test_standard_configuration_wins_over_the_default_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [name for name in os.environ if name.startswith("OPENLINEAGE")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert not user_configured()
+    assert make_client(tmp_path / "default.jsonl").transport.kind == "file"
+    configured = tmp_path / "configured.jsonl"
+    config = {"transport": {"type": "file", "log_file_path": str(configured), "append": True}}
+    (tmp_path / "openlineage.yml").write_text(yaml.safe_dump(config))
+    assert user_configured()
+    client = make_client(tmp_path / "default.jsonl")
+    run = _run(tmp_path, outputs=[])
+    client.emit(build_event(run, event_v2.RunState.START))
+    assert json.loads(configured.read_text())["run"]["runId"] == run.run_id
+    assert not (tmp_path / "default.jsonl").exists()
+    assert user_configured({"OPENLINEAGE_URL": "http://127.0.0.1:1"}, cwd=tmp_path / "home")
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    received: ClassVar[list[tuple[str, dict[str, Any]]]] = []  # each server gets its own subclass and list
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append((self.path, json.loads(body)))
+        self.send_response(201)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def lineage_server() -> Iterator[tuple[str, list[tuple[str, dict[str, Any]]]]]:
+    """An OpenLineage HTTP endpoint on 127.0.0.1 that records what it receives."""
+    received: list[tuple[str, dict[str, Any]]] = []
+    handler = type("Handler", (_Recorder,), {"received": received})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_stage_posts_its_events_to_an_http_endpoint(
+    tmp_path: Path, synthetic_archive: tuple[Path, dict], lineage_server: tuple[str, list]
+) -> None:
+    from cvpipe.stages.ingest import run_ingest
+
+    url, received = lineage_server
+    run_ingest(synthetic_archive[0], tmp_path / "data/manifest", IngestConfig(workers=1), "filename", ["cat", "dog"])
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"split": {"per_class": {"train": 30, "val": 10, "test": 15}}})
+    )
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["split"]
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"split": stage}}))
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("OPENLINEAGE", "DVC_", "CVPIPE_"))},
+        "OPENLINEAGE__TRANSPORT__TYPE": "http",
+        "OPENLINEAGE__TRANSPORT__URL": url,
+        "OPENLINEAGE__TRANSPORT__ENDPOINT": "api/v1/lineage",
+        "OPENLINEAGE_NAMESPACE": "cvpipe-test",
+        "NO_PROXY": "127.0.0.1",
+    }
+    result = subprocess.run([CVPIPE, "split"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert [path for path, _ in received] == ["/api/v1/lineage"] * 2
+    start, complete = (event for _, event in received)
+    for event in (start, complete):
+        assert_spec_fields(event)
+        assert event["job"] == {**event["job"], "namespace": "cvpipe-test", "name": "split"}
+    assert (start["eventType"], complete["eventType"]) == ("START", "COMPLETE")
+    assert start["run"]["runId"] == complete["run"]["runId"]
+    assert [d["name"] for d in complete["inputs"]] == [(tmp_path / "data/manifest/images.parquet").as_posix()]
+    outputs = {Path(d["name"]).name: d for d in complete["outputs"]}
+    assert set(outputs) == {"splits.parquet", "report.json"}
+    version = outputs["splits.parquet"]["facets"]["version"]["datasetVersion"]
+    assert version == dvc_hash(tmp_path / "data/splits/splits.parquet")["md5"]
+    assert outputs["splits.parquet"]["facets"]["cvpipe_nearDuplicates"]["nearDuplicateGroups"] == 4
+    record = json.loads((tmp_path / "reports/lineage/split/record.json").read_text())
+    assert record["run_id"] == start["run"]["runId"] and record["openlineage"]["transport"] == "http"
+    assert not (tmp_path / "reports/lineage/split/events.jsonl").exists()  # the configured transport replaces it

@@ -1,0 +1,167 @@
+"""The evaluate stage on models whose predictions are known: metrics checked against hand computation."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from cvpipe.config import EvaluateConfig
+from cvpipe.errors import DataError
+from cvpipe.stages import evaluate
+
+# Binary case. Threshold 0.5 predicts [0, 1, 1, 0, 1, 0]: confusion [[2, 1], [1, 2]], accuracy 4/6.
+# Positives score 0.8, 0.4, 0.9 against negatives 0.1, 0.6, 0.2: 3 + 2 + 3 = 8 of 9 pairs ordered, AUC 8/9.
+BINARY_LABELS = np.array([0, 0, 1, 1, 1, 0])
+BINARY_SCORES = np.array([[0.1], [0.6], [0.8], [0.4], [0.9], [0.2]], dtype=np.float32)
+
+# Three classes. Argmax predicts [0, 1, 2, 1, 0, 2]: accuracy 4/6.
+# One-vs-rest AUCs: class 0 7/8, class 1 7/8, class 2 8/8.
+MULTI_LABELS = np.array([0, 1, 2, 0, 1, 2])
+MULTI_PROBS = np.array(
+    [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [0.3, 0.4, 0.3], [0.5, 0.3, 0.2], [0.1, 0.1, 0.8]],
+    dtype=np.float32,
+)
+
+
+def identity_model(path: Path, width: int) -> Path:
+    """Save a model whose output is its input, so its 'probabilities' are whatever the test feeds it."""
+    inputs = keras.Input(shape=(width,))
+    layer = keras.layers.Dense(width, use_bias=False, kernel_initializer="identity", name="probabilities")
+    keras.Model(inputs, layer(inputs)).save(path)
+    return path
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_binary_metrics_match_hand_computation(tmp_path: Path) -> None:
+    model = identity_model(tmp_path / "binary.keras", 1)
+    np.save(tmp_path / "scores.npy", BINARY_SCORES)
+    scores = np.load(tmp_path / "scores.npy", mmap_mode="r")
+    metrics = evaluate.evaluate_model(
+        model,
+        scores,
+        BINARY_LABELS,
+        EvaluateConfig(batch_size=4),
+        ["cat", "dog"],
+        tmp_path / "metrics.json",
+        tmp_path / "plots",
+    )
+    assert metrics["accuracy"] == pytest.approx(4 / 6)
+    assert metrics["roc_auc"] == pytest.approx(8 / 9)
+    assert metrics["confusion_matrix"] == [[2, 1], [1, 2]]
+    expected_loss = -(math.log(0.9) + math.log(0.4) + math.log(0.8)) / 3
+    assert metrics["loss"] == pytest.approx(expected_loss, rel=1e-6)
+    keras_loss = float(keras.losses.BinaryCrossentropy()(BINARY_LABELS.reshape(-1, 1), BINARY_SCORES))
+    assert metrics["loss"] == pytest.approx(keras_loss, rel=1e-5)
+    for name in ("cat", "dog"):
+        assert metrics["per_class"][name]["precision"] == pytest.approx(2 / 3)
+        assert metrics["per_class"][name]["recall"] == pytest.approx(2 / 3)
+        assert metrics["per_class"][name]["f1"] == pytest.approx(2 / 3)
+        assert metrics["per_class"][name]["support"] == 3
+
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"accuracy", "loss", "roc_auc", "f1_macro", "n_samples", "per_class"} <= set(written)
+    assert "confusion_matrix" not in written  # a list of lists is no metric for `dvc metrics show`
+    confusion = read_csv(tmp_path / "plots" / evaluate.CONFUSION_FILE)
+    assert [(row["actual"], row["predicted"]) for row in confusion] == [
+        ("cat", "cat"),
+        ("cat", "dog"),
+        ("dog", "dog"),
+        ("dog", "cat"),
+        ("dog", "dog"),
+        ("cat", "cat"),
+    ]
+    matrix = json.loads((tmp_path / "plots" / evaluate.CONFUSION_MATRIX_FILE).read_text())
+    assert matrix == {"labels": ["cat", "dog"], "matrix": [[2, 1], [1, 2]]}
+
+
+def test_binary_roc_points(tmp_path: Path) -> None:
+    model = identity_model(tmp_path / "binary.keras", 1)
+    evaluate.evaluate_model(
+        model,
+        BINARY_SCORES,
+        BINARY_LABELS,
+        EvaluateConfig(),
+        ["cat", "dog"],
+        tmp_path / "metrics.json",
+        tmp_path / "plots",
+    )
+    rows = read_csv(tmp_path / "plots" / evaluate.ROC_FILE)
+    fpr = np.array([float(row["fpr"]) for row in rows])
+    tpr = np.array([float(row["tpr"]) for row in rows])
+    np.testing.assert_allclose(fpr, [0, 0, 0, 1 / 3, 1 / 3, 2 / 3, 1])
+    np.testing.assert_allclose(tpr, [0, 1 / 3, 2 / 3, 2 / 3, 1, 1, 1])
+    assert rows[0]["threshold"] == "inf"
+    assert float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)) == pytest.approx(8 / 9)
+
+
+def test_three_classes_use_argmax_and_macro_one_vs_rest_auc(tmp_path: Path) -> None:
+    model = identity_model(tmp_path / "multi.keras", 3)
+    names = ["cat", "dog", "fox"]
+    metrics = evaluate.evaluate_model(
+        model, MULTI_PROBS, MULTI_LABELS, EvaluateConfig(), names, tmp_path / "metrics.json", tmp_path / "plots"
+    )
+    assert metrics["accuracy"] == pytest.approx(4 / 6)
+    assert metrics["confusion_matrix"] == [[1, 1, 0], [1, 1, 0], [0, 0, 2]]
+    assert [metrics["per_class"][name]["roc_auc"] for name in names] == pytest.approx([7 / 8, 7 / 8, 1.0])
+    assert metrics["roc_auc"] == pytest.approx((7 / 8 + 7 / 8 + 1) / 3)
+    assert metrics["per_class"]["fox"]["precision"] == 1.0 and metrics["per_class"]["cat"]["precision"] == 0.5
+    expected_loss = -np.mean(np.log([0.7, 0.8, 0.6, 0.3, 0.3, 0.8]))
+    assert metrics["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert metrics["threshold"] is None
+    rows = read_csv(tmp_path / "plots" / evaluate.ROC_FILE)
+    assert {row["class"] for row in rows} == set(names)
+
+
+def test_roc_auc_counts_ties_as_half_and_needs_both_classes() -> None:
+    assert evaluate.roc_auc(np.array([True, False]), np.array([0.5, 0.5])) == 0.5
+    assert evaluate.roc_auc(np.array([True, True, False]), np.array([0.3, 0.9, 0.3])) == pytest.approx(0.75)
+    assert evaluate.roc_auc(np.array([True, True]), np.array([0.1, 0.2])) is None
+
+
+def test_one_class_only_gives_a_null_auc(tmp_path: Path) -> None:
+    model = identity_model(tmp_path / "binary.keras", 1)
+    metrics = evaluate.evaluate_model(
+        model,
+        BINARY_SCORES[:2],
+        np.array([0, 0]),
+        EvaluateConfig(),
+        ["cat", "dog"],
+        tmp_path / "metrics.json",
+        tmp_path / "plots",
+    )
+    assert metrics["roc_auc"] is None
+    assert json.loads((tmp_path / "metrics.json").read_text())["roc_auc"] is None
+
+
+def test_mismatches_fail_with_one_line(tmp_path: Path) -> None:
+    model = identity_model(tmp_path / "binary.keras", 1)
+    cfg = EvaluateConfig()
+    with pytest.raises(DataError, match="2 classes but 3 class names"):
+        evaluate.evaluate_model(
+            model, BINARY_SCORES, BINARY_LABELS, cfg, ["a", "b", "c"], tmp_path / "m.json", tmp_path
+        )
+    with pytest.raises(DataError, match="6 inputs and 5 labels"):
+        evaluate.evaluate_model(model, BINARY_SCORES, BINARY_LABELS[:5], cfg, ["a", "b"], tmp_path / "m.json", tmp_path)
+    with pytest.raises(DataError, match="labels span"):
+        evaluate.evaluate_model(model, BINARY_SCORES, BINARY_LABELS + 1, cfg, ["a", "b"], tmp_path / "m.json", tmp_path)
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_both_feeding_paths_predict_the_same(tmp_path: Path) -> None:
+    model = keras.models.load_model(identity_model(tmp_path / "identity.keras", 3))
+    np.save(tmp_path / "probs.npy", MULTI_PROBS)
+    inputs = np.load(tmp_path / "probs.npy", mmap_mode="r")
+    whole = evaluate.predict_probabilities(model, inputs, batch_size=4)
+    batched = evaluate.predict_probabilities(model, inputs, batch_size=4, in_memory_bytes=0)
+    np.testing.assert_allclose(whole, MULTI_PROBS, rtol=1e-6)
+    np.testing.assert_array_equal(whole, batched)

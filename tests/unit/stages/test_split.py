@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cvpipe.config import IngestConfig, SplitConfig, SplitCounts, SplitFractions
+from cvpipe.errors import DataError
+from cvpipe.stages import split as split_module
+from cvpipe.stages.ingest import run_ingest
+from cvpipe.stages.split import connected_groups, make_splits, near_duplicate_pairs, run_split
+
+CLASSES = ["cat", "dog"]
+
+
+def fake_manifest(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:
+    """Rows of (member, label, sha256 seed char, phash hex)."""
+    return pd.DataFrame(
+        {
+            "member": [r[0] for r in rows],
+            "label": [r[1] for r in rows],
+            "label_index": [CLASSES.index(r[1]) for r in rows],
+            "sha256": [r[2] * 64 if len(r[2]) == 1 else r[2] for r in rows],
+            "phash": [r[3] for r in rows],
+            "phash_flip": ["ffffffffffffffff"] * len(rows),
+            "status": ["ok"] * len(rows),
+        }
+    )
+
+
+def distinct_hashes(count: int, seed: int = 0) -> list[str]:
+    """Random 64-bit hashes; at 64 bits random pairs sit ~32 bits apart, far from any threshold."""
+    rng = np.random.default_rng(seed)
+    return [f"{int(v):016x}" for v in rng.integers(0, 2**63, size=count, dtype=np.int64)]
+
+
+def manifest_with(count_per_class: int, seed: int = 0) -> pd.DataFrame:
+    hashes = iter(distinct_hashes(2 * count_per_class, seed))
+    rows = []
+    for label in CLASSES:
+        for n in range(count_per_class):
+            digest = hashlib.sha256(f"{label}.{n}.{seed}".encode()).hexdigest()
+            rows.append((f"train/{label}.{n}.jpg", label, digest, next(hashes)))
+    return fake_manifest(rows)
+
+
+def cfg(train: int = 6, val: int = 2, test: int = 2, seed: int = 1, threshold: int = 10) -> SplitConfig:
+    counts = SplitCounts(train=train, val=val, test=test)
+    return SplitConfig(seed=seed, per_class=counts, near_duplicate_threshold=threshold)
+
+
+def test_near_duplicate_pairs_match_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 2**63, size=300, dtype=np.int64).astype(np.uint64)
+    hashes[7] = hashes[3] ^ np.uint64(0b1011)  # 3 bits away
+    flipped = rng.integers(0, 2**63, size=300, dtype=np.int64).astype(np.uint64)
+    flipped[10] = hashes[200]  # 10's mirror equals 200
+    pairs = {tuple(p) for p in near_duplicate_pairs(hashes, flipped, threshold=8).tolist()}
+
+    def dist(a: np.uint64, b: np.uint64) -> int:
+        return bin(int(a) ^ int(b)).count("1")
+
+    expected = {
+        (i, j)
+        for i, j in itertools.combinations(range(300), 2)
+        if dist(hashes[i], hashes[j]) <= 8 or dist(flipped[i], hashes[j]) <= 8 or dist(flipped[j], hashes[i]) <= 8
+    }
+    assert (3, 7) in pairs and (10, 200) in pairs
+    assert pairs == expected
+
+
+@pytest.mark.parametrize("budget", [1, 7, 300, 10_000])
+def test_near_duplicate_pairs_do_not_depend_on_the_block_size(budget: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(1)
+    hashes = rng.integers(0, 2**63, size=120, dtype=np.int64).astype(np.uint64)
+    hashes[60:] = hashes[:60] ^ rng.integers(0, 8, size=60).astype(np.uint64)  # a partner 0-3 bits away
+    flipped = np.roll(hashes, 7)
+    expected = near_duplicate_pairs(hashes, flipped, threshold=4)
+    monkeypatch.setattr(split_module, "_BLOCK_ELEMENTS", budget)  # 1: one row per block; 10,000: one block
+    pairs = near_duplicate_pairs(hashes, flipped, threshold=4)
+    assert len(expected) >= 60 and pairs.dtype == np.int64
+    np.testing.assert_array_equal(pairs, expected)
+    assert pairs.tolist() == sorted(pairs.tolist())
+
+
+def test_connected_groups_are_transitive() -> None:
+    roots = connected_groups(6, np.array([[4, 5], [1, 2], [2, 5]]))
+    assert roots.tolist() == [0, 1, 1, 3, 1, 1]
+
+
+def test_stratified_counts_and_determinism() -> None:
+    manifest = manifest_with(20)
+    table, _ = make_splits(manifest, cfg(), CLASSES)
+    counts = table.groupby(["split", "label"]).size().to_dict()
+    assert counts == {(s, c): n for s, n in (("train", 6), ("val", 2), ("test", 2)) for c in CLASSES}
+    again, _ = make_splits(manifest.sample(frac=1.0, random_state=5), cfg(), CLASSES)
+    pd.testing.assert_frame_equal(table, again)
+    other, _ = make_splits(manifest, cfg(seed=2), CLASSES)
+    assert set(other["sha256"]) != set(table["sha256"]) or not other["split"].equals(table["split"])
+    for split in ("train", "val", "test"):
+        rows = table[table["split"] == split]
+        assert rows["row"].tolist() == list(range(len(rows)))
+        assert rows["sha256"].is_monotonic_increasing
+
+
+def test_exact_duplicates_collapse_and_near_duplicates_share_a_split() -> None:
+    manifest = manifest_with(20)
+    # an exact copy of cat.0 under another name, and a near-duplicate (2 bits) of cat.1
+    copy = manifest.iloc[[0]].assign(member="train/cat.90.jpg")
+    near_hash = f"{int(manifest.loc[1, 'phash'], 16) ^ 0b11:016x}"
+    near = manifest.iloc[[1]].assign(member="train/cat.91.jpg", sha256="e" * 64, phash=near_hash)
+    manifest = pd.concat([manifest, copy, near], ignore_index=True)
+    for seed in range(8):
+        table, groups = make_splits(manifest, cfg(train=10, val=4, test=4, seed=seed), CLASSES)
+        assert table["sha256"].is_unique
+        assert groups.exact_duplicates == [{"kept": "train/cat.0.jpg", "dropped": ["train/cat.90.jpg"]}]
+        assert ["train/cat.1.jpg", "train/cat.91.jpg"] in groups.near_duplicate_groups
+        pair = table[table["member"].isin(["train/cat.1.jpg", "train/cat.91.jpg"])]
+        assert pair["split"].nunique() <= 1
+
+
+def test_label_conflicts_are_left_out() -> None:
+    manifest = manifest_with(12)
+    dog_hash = manifest.loc[manifest["member"] == "train/dog.0.jpg", "phash"].iloc[0]
+    manifest.loc[manifest["member"] == "train/cat.0.jpg", "phash"] = dog_hash
+    table, groups = make_splits(manifest, cfg(), CLASSES)
+    assert groups.label_conflicts == [["train/cat.0.jpg", "train/dog.0.jpg"]]
+    assert not table["member"].isin(["train/cat.0.jpg", "train/dog.0.jpg"]).any()
+
+
+def test_too_few_images_names_the_class_and_counts() -> None:
+    manifest = manifest_with(9)
+    with pytest.raises(DataError, match=r"class 'cat' has 9 usable unique images but the split asks for 10"):
+        make_splits(manifest, cfg(), CLASSES)
+
+
+def test_fractions() -> None:
+    fractions = SplitConfig(per_class=None, fractions=SplitFractions(train=0.5, val=0.25, test=0.25))
+    table, _ = make_splits(manifest_with(21), fractions, CLASSES)
+    counts = table.groupby(["split", "label"]).size().to_dict()
+    assert counts[("train", "cat")] == 11 and counts[("val", "cat")] == 5 and counts[("test", "cat")] == 5
+
+
+def test_run_split_on_real_manifest(synthetic_archive, tmp_path: Path) -> None:
+    archive, provenance = synthetic_archive
+    run_ingest(archive, tmp_path / "manifest", IngestConfig(), "filename", CLASSES)
+    manifest_path = tmp_path / "manifest/images.parquet"
+    split_cfg = cfg(train=30, val=10, test=15)
+    run_split(manifest_path, tmp_path / "a", split_cfg, CLASSES)
+    run_split(manifest_path, tmp_path / "b", split_cfg, CLASSES)
+    assert (tmp_path / "a/splits.parquet").read_bytes() == (tmp_path / "b/splits.parquet").read_bytes()
+    report = json.loads((tmp_path / "a/report.json").read_text())
+    table = pd.read_parquet(tmp_path / "a/splits.parquet")
+    manifest = pd.read_parquet(manifest_path).set_index("member")
+    for original, copy in provenance["planted"]["exact_duplicates"]:
+        kept = min(original, copy)
+        assert {"kept": kept, "dropped": [max(original, copy)]} in report["exact_duplicates"]
+    for original, variant in provenance["planted"]["near_duplicates"]:
+        assert any({original, variant} <= set(group) for group in report["near_duplicate_groups"])
+        in_split = table[table["member"].isin([original, variant])]
+        assert in_split["split"].nunique() <= 1
+    assert report["schema_failures"] == []
+    assert manifest.loc[table["member"], "sha256"].tolist() == table["sha256"].tolist()

@@ -1,0 +1,486 @@
+"""The train stage on tiny learnable data: every variant learns, saves, reloads; seeds, backends, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+
+from cvpipe.config import TrainConfig, VariantConfig
+from cvpipe.errors import ConfigError, DataError
+from cvpipe.ml import models
+from cvpipe.stages import train
+
+SIDE = 32
+QUICK = VariantConfig(epochs=2, batch_size=8)
+VGG_QUICK = VariantConfig(epochs=2, batch_size=4)
+# deterministic=True: these runs double as the reference of the determinism test (TensorFlow's switch is
+# process-wide and cannot be turned off, so it stays on for the rest of the session; harmless on CPU).
+CFG = TrainConfig(
+    seed=7,
+    deterministic=True,
+    scratch=QUICK,
+    scratch_aug=QUICK,
+    feature_extraction=QUICK,
+    feature_extraction_aug=VGG_QUICK,
+    fine_tuning=VariantConfig(epochs=2, batch_size=4, learning_rate=1e-5),  # the seed's rate
+)
+SUBPROCESS_TIMEOUT = 240
+# XLA's CPU compiler spends 5-15 s optimising each conv graph; these tiny runs are better off without it
+# (the numbers are the same, checked below with allclose).
+FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def shapes(count: int, seed: int, num_classes: int = 2, side: int = SIDE) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy uint8 images: a red disc (0), a blue square (1), a green bar (2), at random places and sizes."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % num_classes
+    images = rng.integers(0, 40, (count, side, side, 3), dtype=np.uint8)
+    rows, cols = np.mgrid[:side, :side]
+    for image, label in zip(images, labels, strict=True):
+        cy, cx = rng.integers(side // 3, 2 * side // 3, 2)
+        radius = int(rng.integers(side // 6, side // 4 + 1))
+        if label == 0:
+            mask, colour = (rows - cy) ** 2 + (cols - cx) ** 2 <= radius**2, (230, 60, 40)
+        elif label == 1:
+            mask, colour = (abs(rows - cy) <= radius) & (abs(cols - cx) <= radius), (40, 60, 230)
+        else:
+            mask, colour = abs(rows - cy) <= radius // 3, (40, 230, 60)
+        image[mask] = colour
+    return images, labels
+
+
+def features(count: int, seed: int, num_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """float16 'VGG16 features' N x 1 x 1 x 512 around a fixed centre per class."""
+    centres = np.random.default_rng(1234).normal(size=(num_classes, 512))
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % num_classes
+    values = centres[labels] + rng.normal(scale=2.0, size=(count, 512))
+    return values.reshape(count, 1, 1, 512).astype(np.float16), labels
+
+
+def train_head(
+    workdir: Path,
+    name: str,
+    train_split: tuple[np.ndarray, np.ndarray],
+    val_split: tuple[np.ndarray, np.ndarray],
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Train the dense head (the quickest variant) to ``models/<name>.keras`` and ``reports/<name>``."""
+    return train.train_variant(
+        "feature_extraction",
+        CFG,
+        train_split,
+        val_split,
+        workdir / "models" / f"{name}.keras",
+        workdir / "reports" / name,
+        **kwargs,
+    )
+
+
+def as_memmap(folder: Path, name: str, array: np.ndarray) -> np.ndarray:
+    """Save and reopen read-only, memory-mapped, as the decode and features stages' caches are."""
+    path = folder / f"{name}.npy"
+    np.save(path, array)
+    return np.load(path, mmap_mode="r")
+
+
+def start_python(code: str, backend: str, cwd: Path, *args: str) -> subprocess.Popen[str]:
+    """Start ``code`` in a new interpreter with ``KERAS_BACKEND`` set (not waiting, so runs can overlap)."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
+    if backend == "jax":
+        env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_XLA}".strip()
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
+    """Wait for ``process``; return its exit code, stdout and stderr."""
+    try:
+        stdout, stderr = process.communicate(timeout=SUBPROCESS_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+    return process.returncode, stdout, stderr
+
+
+RELOAD_SCRIPT = """
+import json, sys
+import numpy as np
+from cvpipe.ml.models import load_model
+for model_path, inputs, out in json.loads(sys.argv[1]).values():
+    model = load_model(model_path, compile=False)
+    np.save(out, model.predict(np.load(inputs).astype("float32"), verbose=0))
+"""
+
+JAX_SCRIPT = """
+import json, sys
+
+class NoTensorFlow:
+    # models/train/evaluate must not need TensorFlow off its backend (a JAX GPU box may not have it);
+    # it also spares the 5 s import that keras.utils.set_random_seed does when TensorFlow is installed.
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" or name.startswith("tensorflow."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+        return None
+
+sys.meta_path.insert(0, NoTensorFlow())
+import keras
+import numpy as np
+from cvpipe.config import TrainConfig, VariantConfig
+from cvpipe.ml.models import load_model
+from cvpipe.stages.train import train_variant
+
+assert keras.backend.backend() == "jax"
+load = lambda name: np.load(f"jax_{name}.npy", mmap_mode="r")
+cfg = TrainConfig(seed=3, feature_extraction=VariantConfig(epochs=2, batch_size=8))
+summary = train_variant("feature_extraction", cfg, (load("x_train"), load("y_train")),
+                        (load("x_val"), load("y_val")), "jax.keras", "jax_report")
+model = load_model("jax.keras", compile=False)
+np.save("jax_pred.npy", model.predict(load("x_val")[:8].astype("float32"), verbose=0))
+for variant, (path, inputs, out) in json.loads(sys.argv[1]).items():
+    np.save(out, load_model(path, compile=False).predict(np.load(inputs).astype("float32"), verbose=0))
+summary["tensorflow_imported"] = "tensorflow" in sys.modules
+print(json.dumps(summary))
+"""
+
+# JAX trains the dense head (a conv net with augmentation takes ~25 s to train on JAX's CPU backend here);
+# convs, augmentation and the custom preprocessing layer run when it reads a plain and a VGG16 model that
+# TensorFlow trained.
+JAX_READS = ("scratch", "feature_extraction_aug")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A scratch folder that is also the working directory, so no tool finds the project's repositories."""
+    folder = tmp_path_factory.mktemp("train")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.delenv("DVC_ROOT", raising=False)
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def data(workdir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Image and feature splits as memmaps."""
+    arrays = {
+        "images_train": shapes(32, 0),
+        "images_val": shapes(16, 1),
+        "feat_train": features(48, 2),
+        "feat_val": features(16, 3),
+        "vgg_train": shapes(16, 4),
+        "vgg_val": shapes(8, 5),
+    }
+    return {
+        name: (as_memmap(workdir, f"{name}_x", x), as_memmap(workdir, f"{name}_y", y))
+        for name, (x, y) in arrays.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(workdir: Path, data: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, dict[str, Any]]:
+    """All five variants, trained in pipeline order (fine_tuning starts from feature_extraction_aug)."""
+    # VGG16 runs get fewer images: a CPU step through the 15M-parameter base costs more than all else here.
+    splits = {"feature_extraction": "feat", "feature_extraction_aug": "vgg", "fine_tuning": "vgg"}
+    extra: dict[str, dict[str, Any]] = {
+        "feature_extraction_aug": {"conv_base": models.vgg16_conv_base},
+        "fine_tuning": {"init_model": workdir / "models" / "feature_extraction_aug.keras"},
+    }
+    results: dict[str, dict[str, Any]] = {}
+    for variant in train.VARIANTS:
+        split = splits.get(variant, "images")
+        model_path = workdir / "models" / f"{variant}.keras"
+        summary = train.train_variant(
+            variant,
+            CFG,
+            data[f"{split}_train"],
+            data[f"{split}_val"],
+            model_path,
+            workdir / "reports" / variant,
+            **extra.get(variant, {}),
+        )
+        results[variant] = {"summary": summary, "model": model_path, "val": data[f"{split}_val"][0]}
+    return results
+
+
+@pytest.mark.parametrize("variant", train.VARIANTS)
+def test_each_variant_learns_and_keeps_its_best_epoch(trained: dict[str, dict[str, Any]], variant: str) -> None:
+    result = trained[variant]
+    summary = result["summary"]
+    report = json.loads((result["model"].parents[1] / "reports" / variant / train.HISTORY_FILE).read_text())
+    history = report["history"]
+    # val_loss, not loss: with dropout and augmentation on a dozen images the training loss of one epoch
+    # is noise; the validation loss is measured with the model in inference mode.
+    assert history["val_loss"][-1] < history["val_loss"][0]
+    assert summary["epochs_run"] == 2 and summary["device"] == "tensorflow backend, CPU"
+    assert summary["best_val_loss"] == pytest.approx(min(history["val_loss"]))
+    assert summary["best_epoch"] == int(np.argmin(history["val_loss"])) + 1
+    assert report["summary"] == summary
+    assert result["model"].is_file()
+
+
+def test_fine_tuning_trains_block5_and_the_head_only(trained: dict[str, dict[str, Any]]) -> None:
+    model = models.load_model(trained["fine_tuning"]["model"], compile=False)
+    base = models.find_conv_base(model)
+    # A reloaded InputLayer reports trainable=True; it has no weights, so it does not count.
+    trainable = [
+        layer.name for layer in base.layers if layer.trainable and not isinstance(layer, keras.layers.InputLayer)
+    ]
+    assert trainable == list(models.FINE_TUNE_LAYERS)
+    assert len(base.trainable_weights) == 6
+    block5 = 3 * (3 * 3 * 512 * 512 + 512)
+    head = 512 * 256 + 256 + 257
+    assert trained["fine_tuning"]["summary"]["trainable_params"] == block5 + head
+    assert trained["feature_extraction_aug"]["summary"]["trainable_params"] == head
+
+
+def test_dvclive_curves_and_no_leftovers(trained: dict[str, dict[str, Any]], workdir: Path) -> None:
+    live = workdir / "reports" / "scratch" / train.LIVE_DIR
+    loss_curve = (live / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+    assert loss_curve[0].split("\t") == ["step", "loss"] and len(loss_curve) == 3
+    assert (live / "plots" / "metrics" / "val" / "accuracy.tsv").is_file()
+    assert not list((workdir / "models").glob(".*"))  # no partial checkpoints
+    assert not (workdir / "dvc.yaml").exists() and not (workdir / ".dvc").exists()
+
+
+@pytest.fixture(scope="module")
+def fresh_runs(trained: dict[str, dict[str, Any]], workdir: Path) -> dict[str, Any]:
+    """Reload every model in a fresh TensorFlow process and, at the same time, train and read on JAX."""
+    reload_jobs, jax_jobs = {}, {}
+    for variant, result in trained.items():
+        inputs = workdir / f"fresh_{variant}_x.npy"
+        np.save(inputs, np.asarray(result["val"][:8]))
+        reload_jobs[variant] = [str(result["model"]), str(inputs), str(workdir / f"tf_reads_{variant}.npy")]
+        if variant in JAX_READS:
+            jax_jobs[variant] = [str(result["model"]), str(inputs), str(workdir / f"jax_reads_{variant}.npy")]
+    jax_data = {"x_train": features(32, 10), "x_val": features(16, 11)}
+    for name, (x, y) in jax_data.items():
+        np.save(workdir / f"jax_{name}.npy", x)
+        np.save(workdir / f"jax_{name.replace('x_', 'y_')}.npy", y)
+
+    processes = {"tensorflow": start_python(RELOAD_SCRIPT, "tensorflow", workdir, json.dumps(reload_jobs))}
+    processes["jax"] = start_python(JAX_SCRIPT, "jax", workdir, json.dumps(jax_jobs))
+    # While they run: this process's own predictions, the reference both are held to.
+    reference = {
+        variant: models.load_model(path, compile=False).predict(np.load(inputs).astype("float32"), verbose=0)
+        for variant, (path, inputs, _) in reload_jobs.items()
+    }
+    return {
+        "reference": reference,
+        "reload_jobs": reload_jobs,
+        "jax_jobs": jax_jobs,
+        "runs": {backend: finish(process) for backend, process in processes.items()},
+    }
+
+
+def test_saved_models_reload_in_a_fresh_process(fresh_runs: dict[str, Any]) -> None:
+    code, _, stderr = fresh_runs["runs"]["tensorflow"]
+    assert code == 0, stderr[-4000:]
+    for variant, (_, _, out) in fresh_runs["reload_jobs"].items():
+        np.testing.assert_allclose(
+            np.load(out), fresh_runs["reference"][variant], rtol=1e-5, atol=1e-6, err_msg=variant
+        )
+
+
+def test_jax_backend_trains_and_reads_tensorflow_models(fresh_runs: dict[str, Any], workdir: Path) -> None:
+    assert "jax" in fresh_runs["runs"], "jax is a dev dependency: `make test` installs it"
+    code, stdout, stderr = fresh_runs["runs"]["jax"]
+    assert code == 0, stderr[-4000:]
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    history = json.loads((workdir / "jax_report" / train.HISTORY_FILE).read_text())["history"]
+    assert summary["backend"] == "jax" and summary["device"] == "jax backend, CPU"
+    assert summary["tensorflow_imported"] is False
+    assert history["val_loss"][-1] < history["val_loss"][0]
+    # The JAX-trained file reads back on TensorFlow with the same predictions, and the other way round.
+    val = np.load(workdir / "jax_x_val.npy")[:8].astype("float32")
+    here = models.load_model(workdir / "jax.keras", compile=False).predict(val, verbose=0)
+    np.testing.assert_allclose(np.load(workdir / "jax_pred.npy"), here, rtol=1e-4, atol=1e-5)
+    for variant, (_, _, out) in fresh_runs["jax_jobs"].items():
+        np.testing.assert_allclose(
+            np.load(out), fresh_runs["reference"][variant], rtol=1e-4, atol=1e-5, err_msg=variant
+        )
+
+
+def test_more_than_two_classes_trains_a_softmax(workdir: Path) -> None:
+    summary = train_head(
+        workdir, "three", features(48, 4, num_classes=3), features(15, 5, num_classes=3), num_classes=3
+    )
+    model = models.load_model(workdir / "models" / "three.keras")
+    assert model.output_shape == (None, 3)
+    assert model.loss == "sparse_categorical_crossentropy"
+    history = json.loads((workdir / "reports" / "three" / train.HISTORY_FILE).read_text())["history"]
+    assert history["loss"][-1] < history["loss"][0]
+    assert summary["best_val_accuracy"] is not None
+
+
+def test_deterministic_training_repeats_bit_for_bit(
+    trained: dict[str, dict[str, Any]], data: dict[str, tuple[np.ndarray, np.ndarray]], workdir: Path
+) -> None:
+    again = workdir / "models" / "scratch_aug_again.keras"
+    train.train_variant("scratch_aug", CFG, data["images_train"], data["images_val"], again, workdir / "again")
+    first = models.load_model(trained["scratch_aug"]["model"], compile=False).get_weights()
+    second = models.load_model(again, compile=False).get_weights()
+    assert len(first) == len(second) > 0
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+class _Crash(keras.callbacks.Callback):
+    """Kill the run after the first epoch (its weights are kept in memory, nothing is on disk yet)."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        raise KeyboardInterrupt
+
+
+def test_an_interrupted_run_leaves_no_model(workdir: Path) -> None:
+    out = workdir / "models" / "crashed.keras"
+    out.write_bytes(b"a stale model from an earlier run")
+    with pytest.raises(KeyboardInterrupt):
+        train.train_variant(
+            "feature_extraction",
+            CFG,
+            features(16, 6),
+            features(8, 7),
+            out,
+            workdir / "reports" / "crashed",
+            callbacks=[_Crash()],
+        )
+    assert not out.exists()
+    assert not list(out.parent.glob(".crashed*"))
+
+
+def test_fit_inputs_hold_small_splits_in_memory_and_batch_large_ones() -> None:
+    train_split, val_split = shapes(10, 0), shapes(6, 1)
+    whole = train.fit_inputs(train_split, val_split, 4, seed=1, binary=True)
+    assert whole["x"].dtype == np.uint8 and whole["batch_size"] == 4 and whole["shuffle"] is True
+    assert whole["y"].dtype == np.float32 and whole["y"].shape == (10, 1)
+    np.testing.assert_array_equal(whole["validation_data"][0], val_split[0])
+    bytes_needed = train.held_bytes(train_split[0]) + train.held_bytes(val_split[0])
+    batched = train.fit_inputs(train_split, val_split, 4, seed=1, binary=False, limit=bytes_needed - 1)
+    assert isinstance(batched["x"], train.ArrayBatches) and batched["shuffle"] is False
+    assert isinstance(batched["validation_data"], train.ArrayBatches)
+    assert batched["x"][0][1].dtype == np.int32
+    # float16 features are held as float32 by Keras; uint8 images stay uint8.
+    assert train.held_bytes(np.zeros((2, 3), np.float16)) == 24 and train.held_bytes(np.zeros(5, np.uint8)) == 5
+
+
+def test_best_epoch_keeps_the_lowest_finite_val_loss_in_memory() -> None:
+    model = models.dense_head((1, 1, 4), 2)
+    model.compile(optimizer="rmsprop", loss="binary_crossentropy")
+    x, y = np.ones((4, 1, 1, 4), np.float32), np.ones((4, 1), np.float32)
+    best = train.BestEpoch()
+    best.set_model(model)
+    assert not best.restore()  # no epoch yet
+    model.fit(x, y, epochs=1, verbose=0)  # builds the optimizer's variables
+    best.on_epoch_end(0, {"val_loss": float("nan")})
+    best.on_epoch_end(1, {"val_loss": float("inf")})
+    assert best.best_epoch is None
+    kept = model.get_weights()
+    best.on_epoch_end(2, {"val_loss": 0.5})
+    model.fit(x, y, epochs=1, verbose=0)
+    best.on_epoch_end(3, {"val_loss": 0.7})  # worse: not kept
+    assert best.restore() and best.best_epoch == 2 and best.best == 0.5
+    for restored, expected in zip(model.get_weights(), kept, strict=True):
+        np.testing.assert_array_equal(restored, expected)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 1
+
+
+def test_a_split_too_large_for_memory_trains_a_batch_at_a_time(workdir: Path) -> None:
+    out = workdir / "models" / "batched.keras"
+    summary = train_head(workdir, "batched", features(48, 15), features(16, 16), in_memory_bytes=0)
+    history = json.loads((workdir / "reports" / "batched" / train.HISTORY_FILE).read_text())["history"]
+    assert out.is_file() and summary["epochs_run"] == 2
+    assert history["val_loss"][-1] < history["val_loss"][0]
+
+
+def test_array_batches_reshuffle_from_the_seed() -> None:
+    x = np.arange(10, dtype=np.uint8).reshape(10, 1)
+    y = np.arange(10) % 2
+
+    def epochs(seed: int) -> list[list[int]]:
+        batches = train.ArrayBatches(x, y, 4, shuffle=True, seed=seed)
+        orders = []
+        for _ in range(2):
+            orders.append([int(v) for i in range(len(batches)) for v in batches[i][0][:, 0]])
+            batches.on_epoch_end()
+        return orders
+
+    first, again = epochs(5), epochs(5)
+    assert first == again and first[0] != first[1]
+    assert all(sorted(order) == list(range(10)) for order in first)
+    batch_x, batch_y = train.ArrayBatches(x, y, 4)[2]
+    assert batch_x.dtype == np.float32 and batch_y.shape == (2, 1)
+    assert train.ArrayBatches(x, y, 4, binary=False)[0][1].dtype == np.int32
+
+
+@pytest.mark.parametrize(
+    ("variant", "kwargs", "error", "message"),
+    [
+        ("resnet", {}, ConfigError, "valid variants: scratch, scratch_aug"),
+        ("feature_extraction_aug", {}, ConfigError, "needs a VGG16 conv base"),
+        ("fine_tuning", {}, ConfigError, "init_model"),
+        ("feature_extraction", {}, DataError, "VGG16 features"),
+        ("scratch", {"num_classes": 2, "labels": 2}, DataError, "labels span"),
+    ],
+)
+def test_bad_requests_fail_with_one_line(
+    workdir: Path, variant: str, kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    x, y = shapes(4, 0)
+    if "labels" in kwargs:
+        y = y + kwargs.pop("labels")
+    with pytest.raises(error, match=message) as info:
+        train.train_variant(variant, CFG, (x, y), (x, y), workdir / "models" / "bad.keras", workdir / "bad", **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_mixed_precision_trains_keeps_a_float32_output_and_restores_the_policy(workdir: Path) -> None:
+    out = workdir / "models" / "mixed.keras"
+    summary = train_head(workdir, "mixed", features(32, 12), features(8, 13), mixed_precision=True)
+    assert summary["precision"] == "mixed_bfloat16"
+    assert keras.config.dtype_policy().name == "float32"
+    model = models.load_model(out, compile=False)
+    assert model.get_layer(index=2).dtype_policy.name == "mixed_bfloat16"
+    assert model.predict(features(4, 14)[0].astype("float32"), verbose=0).dtype == np.float32
+
+
+def test_live_never_initialises_dvc_in_a_plain_git_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stock dvclive runs `dvc init` in the enclosing Git repo when it finds no DVC repo.
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    with train.open_live(tmp_path / "live") as live:
+        live.log_metric("train/loss", 0.5)
+        live.next_step()
+    assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+    assert not (tmp_path / ".dvc").exists() and not (tmp_path / ".dvcignore").exists()
+    assert not (tmp_path / "dvc.yaml").exists()
+
+
+def test_a_weights_spec_is_resolved_by_the_features_module() -> None:
+    base = train._resolve_conv_base("none", (32, 32, 3))  # "none": random weights, nothing downloaded
+    assert base.get_layer("block5_conv1") is not None and base.output_shape == (None, 1, 1, 512)
+
+
+def test_precision_policy_is_mixed_only_on_gpus() -> None:
+    cpu = train.Device("tensorflow", 0, False)
+    assert train.precision_policy(cpu) == "float32"
+    assert train.precision_policy(train.Device("tensorflow", 1, True)) == "mixed_bfloat16"
+    assert train.precision_policy(train.Device("tensorflow", 2, False)) == "mixed_float16"
+    assert train.precision_policy(cpu, mixed_precision=True) == "mixed_bfloat16"
+    assert train.Device("jax", 2, True).describe() == "jax backend, 2 GPUs"
