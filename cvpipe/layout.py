@@ -1,5 +1,6 @@
-"""Every artifact path and file name of the pipeline: the one table dvc.yaml, the CLI, the report, lineage,
-the flows and the demo read.
+"""Every artifact path and file name of the pipeline, in one table.
+
+dvc.yaml, the CLI, the report, lineage, the flows and the demo read it.
 
 Paths are relative to the project root (where ``dvc.yaml`` is), as DVC writes them. A stage's own folder
 (``out``) is passed on its command line; the file names inside it come from here, so ``dvc.yaml``'s
