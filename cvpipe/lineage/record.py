@@ -26,6 +26,7 @@ any credential-like variable (``KAGGLE_KEY``, ``*_TOKEN``, ...) wherever it migh
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import getpass
 import hashlib
@@ -280,7 +281,13 @@ def redact(value: Any, secrets: Sequence[str] | None = None) -> Any:
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` as plain JSON types: NumPy scalars unwrapped, paths as strings, NaN and infinity as null."""
+    """``value`` as plain JSON types.
+
+    Dataclasses (stage summaries) become dicts, NumPy scalars are unwrapped, paths become strings, NaN and
+    infinity become null.
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {item.name: jsonable(getattr(value, item.name)) for item in dataclasses.fields(value)}
     if isinstance(value, dict):
         return {str(key): jsonable(entry) for key, entry in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):

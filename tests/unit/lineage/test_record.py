@@ -307,3 +307,23 @@ def test_lineage_commands_say_what_to_do_when_there_is_nothing_to_trace(
     assert cli.main(["lineage", "diff", "HEAD~1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: data/splits/splits.parquet@HEAD~1: cannot read it") and len(err.splitlines()) == 1
+
+
+def test_jsonable_writes_a_typed_summary_field_by_field() -> None:
+    from dataclasses import dataclass
+
+    import numpy as np
+
+    from cvpipe.lineage.record import jsonable
+
+    @dataclass(frozen=True)
+    class Summary:
+        images: int
+        ratio: float
+        per_class: dict[str, int]
+
+    assert jsonable(Summary(np.int64(3), float("nan"), {"cat": 1})) == {
+        "images": 3,
+        "ratio": None,
+        "per_class": {"cat": 1},
+    }
