@@ -8,6 +8,7 @@ a key it reads changes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -265,3 +266,29 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax") from None
     return parse_params(raw, origin=str(path))
+
+
+def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``overlay`` merged in, recursively for nested mappings; neither is modified."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_overlay(path: Path | str) -> dict[str, Any]:
+    """Read a params overlay: a partial params.yaml (only the keys to change), not validated on its own.
+
+    Raises:
+        ConfigError: the file is missing or does not hold a mapping of params sections.
+    """
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such overlay file; run from the project root") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of params sections")
+    return data
