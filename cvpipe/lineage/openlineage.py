@@ -26,7 +26,7 @@ import logging
 import os
 import traceback
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,11 +47,13 @@ from openlineage.client.facet_v2 import (
     set_producer,
 )
 
-from cvpipe.lineage.record import redact, secret_values
+from cvpipe.lineage.secrets import redact, secret_values
 
 if TYPE_CHECKING:
     from openlineage.client import OpenLineageClient
 
+    # Only for type hints: the record module never imports this one, and this one reads a StageRun's
+    # attributes without importing it, so the two stay out of each other's import graph.
     from cvpipe.lineage.record import StageRun
 
 log = logging.getLogger(__name__)
@@ -209,101 +211,133 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+FacetBuilders = Mapping[str, Callable[[], Any]]
+
+
+def _built(run: StageRun, what: str, builders: FacetBuilders) -> dict[str, Any]:
+    """Each facet that can be built; one that cannot is left out with one warning naming it and the cause.
+
+    Facets are extras: a summary field renamed or a table unreadable must be seen, yet never cost the event
+    or fail the stage.
+    """
+    facets: dict[str, Any] = {}
+    for name, build in builders.items():
+        try:
+            facets[name] = build()
+        except Exception as error:
+            log.warning(
+                "OpenLineage: facet %s of %s (%s) left out: %s: %s",
+                name,
+                what,
+                run.stage,
+                type(error).__name__,
+                redact(str(error)),
+            )
+    return facets
+
+
+def _first(paths: Sequence[str], suffix: str) -> str | None:
+    return next((path for path in paths if path.endswith(suffix)), None)
+
+
 def _ingest_facets(run: StageRun) -> dict[str, dict[str, DatasetFacet]]:
+    """Quarantine and class counts on the manifest, from the ingest stage's summary."""
     summary = run.summary
-    manifest = next((path for path in run.outputs if path.endswith(".parquet")), None)
-    if manifest is None or "members" not in summary:
+    manifest = _first(run.outputs, ".parquet")
+    if manifest is None:
         return {}
-    return {
-        manifest: {
-            "cvpipe_quarantine": QuarantineDatasetFacet(
-                members=int(summary["members"]),
-                ok=int(summary.get("ok", 0)),
-                quarantined=int(summary.get("quarantined", 0)),
-                perReason=dict(summary.get("quarantined_per_reason") or {}),
-            ),
-            "cvpipe_classCounts": ClassCountsDatasetFacet(counts=dict(summary.get("ok_per_class") or {})),
-        }
+    builders = {
+        "cvpipe_quarantine": lambda: QuarantineDatasetFacet(
+            members=int(summary.members),
+            ok=int(summary.ok),
+            quarantined=int(summary.quarantined),
+            perReason=dict(summary.quarantined_per_reason),
+        ),
+        "cvpipe_classCounts": lambda: ClassCountsDatasetFacet(counts=dict(summary.ok_per_class)),
     }
+    return {manifest: _built(run, manifest, builders)}
 
 
 def _split_facets(run: StageRun) -> dict[str, dict[str, DatasetFacet]]:
-    table = next((path for path in run.outputs if path.endswith(".parquet")), None)
-    report_path = next((path for path in run.outputs if path.endswith(".json")), None)
+    """Class counts, policy and duplicate counts on the split table, from the split report.
+
+    The report, not the summary: the policy and the duplicate groups are written there only.
+    """
+    table = _first(run.outputs, ".parquet")
+    report_path = _first(run.outputs, ".json")
     if table is None or report_path is None:
         return {}
     report = _read_json(run.root / report_path)
     policy = report.get("policy") or {}
-    return {
-        table: {
-            "cvpipe_classCounts": ClassCountsDatasetFacet(counts=report.get("counts") or {}),
-            "cvpipe_splitPolicy": SplitPolicyDatasetFacet(
-                seed=policy.get("seed"),
-                perClass=policy.get("per_class"),
-                fractions=policy.get("fractions"),
-                nearDuplicateThreshold=policy.get("near_duplicate_threshold"),
-                hash=policy.get("hash"),
-            ),
-            "cvpipe_nearDuplicates": NearDuplicatesDatasetFacet(
-                method=str(policy.get("hash") or "phash"),
-                threshold=int(policy.get("near_duplicate_threshold") or 0),
-                exactDuplicateGroups=len(report.get("exact_duplicates") or []),
-                nearDuplicateGroups=len(report.get("near_duplicate_groups") or []),
-                labelConflicts=len(report.get("label_conflicts") or []),
-            ),
-        }
+    builders = {
+        "cvpipe_classCounts": lambda: ClassCountsDatasetFacet(counts=report.get("counts") or {}),
+        "cvpipe_splitPolicy": lambda: SplitPolicyDatasetFacet(
+            seed=policy.get("seed"),
+            perClass=policy.get("per_class"),
+            fractions=policy.get("fractions"),
+            nearDuplicateThreshold=policy.get("near_duplicate_threshold"),
+            hash=policy.get("hash"),
+        ),
+        "cvpipe_nearDuplicates": lambda: NearDuplicatesDatasetFacet(
+            method=str(policy.get("hash") or "phash"),
+            threshold=int(policy.get("near_duplicate_threshold") or 0),
+            exactDuplicateGroups=len(report.get("exact_duplicates") or []),
+            nearDuplicateGroups=len(report.get("near_duplicate_groups") or []),
+            labelConflicts=len(report.get("label_conflicts") or []),
+        ),
     }
+    return {table: _built(run, table, builders)}
 
 
 def _audit_facets(run: StageRun) -> dict[str, dict[str, DatasetFacet]]:
+    """Near-duplicate counts on the audit report, from the audit stage's summary."""
     summary = run.summary
-    report = next((path for path in run.outputs if path.endswith("report.json")), None)
-    if report is None or "cross_split_pairs" not in summary:
+    report = _first(run.outputs, "report.json")
+    if report is None:
         return {}
-    return {
-        report: {
-            "cvpipe_nearDuplicates": NearDuplicatesDatasetFacet(
-                method=str(summary.get("method")),
-                threshold=int(summary.get("threshold", 0)),
-                exactDuplicateGroups=summary.get("exact_duplicate_groups"),
-                pairsWithinSplit=summary.get("within_split_pairs"),
-                pairsCrossSplit=summary.get("cross_split_pairs"),
-                labelConflicts=summary.get("label_conflict_pairs"),
-            )
-        }
+    builders = {
+        "cvpipe_nearDuplicates": lambda: NearDuplicatesDatasetFacet(
+            method=str(summary.method),
+            threshold=int(summary.threshold),
+            exactDuplicateGroups=summary.exact_duplicate_groups,
+            pairsWithinSplit=summary.within_split_pairs,
+            pairsCrossSplit=summary.cross_split_pairs,
+            labelConflicts=summary.label_conflict_pairs,
+        )
     }
+    return {report: _built(run, report, builders)}
 
 
 def _audit_assertions(run: StageRun) -> dict[str, dict[str, Any]]:
     """The audit's verdicts, as dataQualityAssertions on the split table it checked."""
     summary = run.summary
-    table = next((path for path in run.inputs if path.endswith("splits.parquet")), None)
-    if table is None or "cross_split_pairs" not in summary:
+    table = _first(run.inputs, "splits.parquet")
+    if table is None:
         return {}
-    allowed = int(summary.get("max_cross_split_pairs", 0))
-    assertions = [
-        data_quality_assertions_dataset.Assertion(
-            assertion="no_exact_duplicates_across_splits",
-            success=int(summary.get("exact_cross_split", 0)) == 0,
-            column="sha256",
-            expected="0",
-            actual=str(summary.get("exact_cross_split", 0)),
-        ),
-        data_quality_assertions_dataset.Assertion(
-            assertion="near_duplicates_across_splits_at_most",
-            success=int(summary["cross_split_pairs"]) <= allowed,
-            column="group",
-            expected=f"<= {allowed}",
-            actual=str(summary["cross_split_pairs"]),
-        ),
-    ]
-    return {
-        table: {
-            "dataQualityAssertions": data_quality_assertions_dataset.DataQualityAssertionsDatasetFacet(
-                assertions=assertions
-            )
-        }
-    }
+
+    def assertions() -> data_quality_assertions_dataset.DataQualityAssertionsDatasetFacet:
+        allowed = int(summary.max_cross_split_pairs)
+        exact = int(summary.exact_cross_split)
+        cross = int(summary.cross_split_pairs)
+        checks = [
+            data_quality_assertions_dataset.Assertion(
+                assertion="no_exact_duplicates_across_splits",
+                success=exact == 0,
+                column="sha256",
+                expected="0",
+                actual=str(exact),
+            ),
+            data_quality_assertions_dataset.Assertion(
+                assertion="near_duplicates_across_splits_at_most",
+                success=cross <= allowed,
+                column="group",
+                expected=f"<= {allowed}",
+                actual=str(cross),
+            ),
+        ]
+        return data_quality_assertions_dataset.DataQualityAssertionsDatasetFacet(assertions=checks)
+
+    return {table: _built(run, table, {"dataQualityAssertions": assertions})}
 
 
 _STAGE_FACETS: dict[str, Callable[[StageRun], dict[str, dict[str, DatasetFacet]]]] = {
@@ -313,18 +347,24 @@ _STAGE_FACETS: dict[str, Callable[[StageRun], dict[str, dict[str, DatasetFacet]]
 }
 
 
-def _guarded(build: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
-    """Facets are extras: one that cannot be built is left out, never a reason to lose the event."""
+def _table_facets(run: StageRun, path: str) -> dict[str, DatasetFacet]:
+    """``schema`` and ``dataQualityMetrics`` of a parquet table, both read in one pass (or both left out)."""
     try:
-        return build()
+        return _parquet_facets(run.root / path)
     except Exception as error:
-        log.debug("OpenLineage: %s facets left out: %s", what, error)
+        log.warning(
+            "OpenLineage: facets schema, dataQualityMetrics of %s (%s) left out: %s: %s",
+            path,
+            run.stage,
+            type(error).__name__,
+            redact(str(error)),
+        )
         return {}
 
 
 def input_datasets(run: StageRun, final: bool) -> list[InputDataset]:
     """The run's data inputs, versioned by DVC hash; with their facets once the run completed."""
-    extra = _guarded(lambda: _audit_assertions(run), "assertion") if final and run.command == "audit" else {}
+    extra = _audit_assertions(run) if final and run.command == "audit" else {}
     datasets = []
     for path in run.inputs:
         info = run.input_hashes.get(path, {})
@@ -332,7 +372,7 @@ def input_datasets(run: StageRun, final: bool) -> list[InputDataset]:
         if info.get("md5"):
             facets["version"] = dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=info["md5"])
         if final and path.endswith(".parquet"):
-            facets.update(_guarded(lambda path=path: _parquet_facets(run.root / path), path))
+            facets.update(_table_facets(run, path))
         datasets.append(
             InputDataset(
                 namespace=DATASET_NAMESPACE, name=_name(run, path), facets=facets, inputFacets=extra.get(path, {})
@@ -343,11 +383,7 @@ def input_datasets(run: StageRun, final: bool) -> list[InputDataset]:
 
 def output_datasets(run: StageRun, final: bool) -> list[OutputDataset]:
     """The run's outputs; once it completed, with version, schema, statistics and cvpipe's facets."""
-    custom = (
-        _guarded(lambda: _STAGE_FACETS[run.command](run), run.command)
-        if final and run.command in (_STAGE_FACETS)
-        else {}
-    )
+    custom = _STAGE_FACETS[run.command](run) if final and run.command in _STAGE_FACETS else {}
     datasets = []
     for path in run.outputs:
         info = run.output_hashes.get(path, {}) if final else {}
@@ -357,7 +393,7 @@ def output_datasets(run: StageRun, final: bool) -> list[OutputDataset]:
             facets["version"] = dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=info["md5"])
             rows = None
             if path.endswith(".parquet"):
-                table_facets = _guarded(lambda path=path: _parquet_facets(run.root / path), path)
+                table_facets = _table_facets(run, path)
                 facets.update(table_facets)
                 metrics = table_facets.get("dataQualityMetrics")
                 rows = getattr(metrics, "rowCount", None)

@@ -19,21 +19,22 @@ import pandas as pd
 
 from cvpipe.config import SPLITS
 from cvpipe.errors import CvpipeError
-from cvpipe.lineage.record import (
-    LINEAGE_DIR,
-    RECORD_NAME,
-    dvc_hash,
-    lock_outputs,
-    producing_stage,
-    read_lock,
-    relative,
-)
+from cvpipe.layout import CACHES, LINEAGE_DIR, MANIFEST, RECORD_NAME, lineage_dir, split_file
+from cvpipe.layout import SPLITS as SPLITS_TABLE
+from cvpipe.lineage.dvcfile import dvc_hash, lock_outputs, producing_stage, read_lock
+from cvpipe.lineage.record import relative
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "data/manifest/images.parquet"
-SPLITS_TABLE = "data/splits/splits.parquet"
-CACHES = ("data/cache/images", "data/cache/vgg16")
+# -- what is read from a record's summary: the stages' typed summaries, as the record wrote them field by field
+SOURCE_FIELDS = ("source", "competition", "retrieved_at", "generator", "seed")  # download: SOURCE.json
+ARCHIVE_FIELD, DOWNLOAD_FIELD = "archive", "download"  # download: {sha256, bytes}, {last_modified}
+MANIFEST_FIELDS = ("members", "ok", "quarantined", "ok_per_class", "quarantined_per_reason")  # ingest
+COUNTS_FIELD = "counts"  # split: images per split and class
+WEIGHTS_FIELD = "weights"  # features: the VGG16 weights' spec, file and sha256
+CONV_BASE_FIELD = "conv_base"  # train@feature_extraction_aug: the same, for the conv base it was built on
+DEVICE_FIELD = "device"  # train and evaluate: what ran
+
 _MIN_PREFIX = 8
 _DVC_CACHE = Path(".dvc/cache/files/md5")
 
@@ -43,7 +44,7 @@ _DVC_CACHE = Path(".dvc/cache/files/md5")
 
 def load_record(root: Path, stage: str) -> dict[str, Any] | None:
     """The lineage record of ``stage``, or None when it has none (yet)."""
-    path = Path(root) / LINEAGE_DIR / stage / RECORD_NAME
+    path = Path(root) / lineage_dir(stage) / RECORD_NAME
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -128,18 +129,19 @@ def chain(root: Path, stage: str, records: Mapping[str, Mapping[str, Any]]) -> l
 
 
 def _source(record: Mapping[str, Any] | None) -> dict[str, Any]:
-    summary = (record or {}).get("summary") or {}
-    archive = summary.get("archive") or {}
-    download = summary.get("download") or {}
+    summary = _summary_of(record)
+    archive = summary.get(ARCHIVE_FIELD) or {}
+    download = summary.get(DOWNLOAD_FIELD) or {}
+    source = {key: summary.get(key) for key in SOURCE_FIELDS}
     return {
-        "source": summary.get("source"),
-        "competition": summary.get("competition"),
+        "source": source["source"],
+        "competition": source["competition"],
         "archive_sha256": archive.get("sha256"),
         "archive_bytes": archive.get("bytes"),
         "last_modified": download.get("last_modified"),
-        "retrieved_at": summary.get("retrieved_at"),
-        "generator": summary.get("generator"),
-        "seed": summary.get("seed"),
+        "retrieved_at": source["retrieved_at"],
+        "generator": source["generator"],
+        "seed": source["seed"],
     }
 
 
@@ -163,7 +165,7 @@ def _run(record: Mapping[str, Any]) -> dict[str, Any]:
         "packages": environment.get("packages"),
         "user": environment.get("user"),
         "host": environment.get("host"),
-        "device": (record.get("summary") or {}).get("device"),
+        "device": _summary(record, DEVICE_FIELD),
     }
 
 
@@ -184,7 +186,7 @@ def model_lineage(root: Path, artifact: Path | str) -> dict[str, Any]:
         raise CvpipeError(f"{path}: no stage in dvc.lock produced it; run `dvc repro` (or check the path)")
     record = records.get(stage)
     if record is None:
-        raise CvpipeError(f"{path}: stage {stage} has no lineage record ({LINEAGE_DIR}/{stage}/); rerun it")
+        raise CvpipeError(f"{path}: stage {stage} has no lineage record ({lineage_dir(stage)}/); rerun it")
     stages = chain(root, stage, records)
     by_command = {}
     for step in stages:
@@ -204,9 +206,12 @@ def model_lineage(root: Path, artifact: Path | str) -> dict[str, Any]:
         "run": _run(record),
         "source": _source(by_command.get("download")),
         "manifest": {**_table(by_command.get("ingest"), ".parquet"), **_manifest_counts(by_command.get("ingest"))},
-        "split": {**_table(by_command.get("split"), ".parquet"), "counts": _summary(by_command.get("split"), "counts")},
-        "features": _summary(features, "weights") if features else None,
-        "conv_base": _summary(record, "conv_base") or _first_conv_base(stages, records),
+        "split": {
+            **_table(by_command.get("split"), ".parquet"),
+            "counts": _summary(by_command.get("split"), COUNTS_FIELD),
+        },
+        "features": _summary(features, WEIGHTS_FIELD) if features else None,
+        "conv_base": _summary(record, CONV_BASE_FIELD) or _first_conv_base(stages, records),
         "chain": stages,
         "broken_links": [
             {"stage": step["stage"], **entry}
@@ -225,20 +230,23 @@ def _current_hash(path: Path) -> str | None:
         return None
 
 
+def _summary_of(record: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return (record or {}).get("summary") or {}
+
+
 def _summary(record: Mapping[str, Any] | None, key: str) -> Any:
-    return ((record or {}).get("summary") or {}).get(key)
+    return _summary_of(record).get(key)
 
 
 def _manifest_counts(record: Mapping[str, Any] | None) -> dict[str, Any]:
-    summary = (record or {}).get("summary") or {}
-    keys = ("members", "ok", "quarantined", "ok_per_class", "quarantined_per_reason")
-    return {key: summary.get(key) for key in keys}
+    summary = _summary_of(record)
+    return {key: summary.get(key) for key in MANIFEST_FIELDS}
 
 
 def _first_conv_base(stages: Sequence[Mapping[str, Any]], records: Mapping[str, Mapping[str, Any]]) -> Any:
     """The VGG16 weights a model inherited (fine_tuning continues feature_extraction_aug's model)."""
     for step in stages:
-        found = _summary(records.get(step["stage"]), "conv_base")
+        found = _summary(records.get(step["stage"]), CONV_BASE_FIELD)
         if found:
             return found
     return None
@@ -271,7 +279,9 @@ def _split_md5(root: Path, stage: str, records: Mapping[str, Mapping[str, Any]])
     return (_table(split, ".parquet")["md5"] if split else None), intact
 
 
-def image_lineage(root: Path, query: str, manifest_path: str = MANIFEST, splits_path: str = SPLITS_TABLE) -> dict:
+def image_lineage(
+    root: Path, query: str, manifest_path: Path | str = MANIFEST, splits_path: Path | str = SPLITS_TABLE
+) -> dict:
     """Where an image went: its split, its row in the caches, and which models trained, validated or tested on it.
 
     Raises:
@@ -324,10 +334,11 @@ def _cache_rows(root: Path, split: str, row: int) -> list[dict[str, Any]]:
 
     rows = []
     for folder in CACHES:
-        path = root / folder / f"{split}.npy"
+        cache = split_file(folder, split)
+        path = root / cache
         if path.is_file():
             length = int(np.load(path, mmap_mode="r").shape[0])
-            rows.append({"path": f"{folder}/{split}.npy", "row": row, "present": row < length})
+            rows.append({"path": cache.as_posix(), "row": row, "present": row < length})
     return rows
 
 
@@ -422,7 +433,7 @@ def _per_class(labels: pd.Series) -> dict[str, int]:
     return {str(label): int(count) for label, count in labels.value_counts().sort_index().items()}
 
 
-def lineage_diff(root: Path, rev1: str, rev2: str | None, path: str = SPLITS_TABLE) -> dict[str, Any]:
+def lineage_diff(root: Path, rev1: str, rev2: str | None, path: str = SPLITS_TABLE.as_posix()) -> dict[str, Any]:
     """:func:`split_diff` of the split table at two git revisions (``rev2`` None: the workspace)."""
     before, after = read_at(root, path, rev1), read_at(root, path, rev2)
     return {"path": path, "rev1": rev1, "rev2": rev2 or "workspace", **split_diff(before, after)}

@@ -2,7 +2,8 @@
 
 ``dvc.lock`` knows the hashes of a stage's dependencies and outputs, but not when the stage ran, on which
 commit (and whether the tree was dirty), with which package versions, on which device, or for which Prefect
-flow run. Each stage's CLI wrapper (:func:`track_stage`) writes that down in ``reports/lineage/<stage>/``:
+flow run. Each stage's CLI wrapper (:func:`cvpipe.lineage.track_stage`) writes that down in
+``reports/lineage/<stage>/``:
 
 * ``record.json``: the lineage record (see :func:`build_record`), one per stage run, listing every artifact
   the stage produced with its DVC hash;
@@ -14,13 +15,9 @@ with the stage's other outputs, pushes and pulls it, and restores it from the ru
 outputs it describes. Only the report stage reads records, so their timestamps never make another stage
 look changed.
 
-Hashes are DVC's own (MD5 of a file; for a folder, MD5 of its sorted ``.dir`` listing plus ``.dir``), so a
-record's hashes can be matched against ``dvc.lock`` and used as OpenLineage dataset versions. Inputs take
-their hash from the ``dvc.lock`` entry of the stage that produced them (DVC writes it before starting the
-next stage); outside ``dvc repro`` they are hashed.
-
-No secret is ever written: records hold no environment variables, and :func:`redact` replaces the value of
-any credential-like variable (``KAGGLE_KEY``, ``*_TOKEN``, ...) wherever it might still appear.
+Hashes are DVC's own (:mod:`cvpipe.lineage.dvcfile`). Inputs take their hash from the ``dvc.lock`` entry of
+the stage that produced them (DVC writes it before starting the next stage); outside ``dvc repro`` they are
+hashed. No secret is ever written (:mod:`cvpipe.lineage.secrets`).
 """
 
 from __future__ import annotations
@@ -29,43 +26,27 @@ import contextlib
 import dataclasses
 import datetime as dt
 import getpass
-import hashlib
-import json
 import logging
 import math
 import os
 import platform
-import re
 import socket
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from cvpipe.io import md5_file, write_json_atomic
+from cvpipe.io import write_json_atomic
+from cvpipe.layout import ADHOC_EVENTS, EVENTS_NAME, RECORD_NAME, lineage_dir
+from cvpipe.lineage.dvcfile import dvc_hash, lock_outputs, param_values, producing_stage, read_lock, stage_spec
+from cvpipe.lineage.secrets import redact
 
 log = logging.getLogger(__name__)
 
 RECORD_VERSION = 1
-LINEAGE_DIR = "reports/lineage"
-RECORD_NAME = "record.json"
-EVENTS_NAME = "events.jsonl"
-# Where stage commands run outside the pipeline (other paths than dvc.yaml's) send their events by default.
-ADHOC_EVENTS = "reports/openlineage.jsonl"
-REDACTED = "***"
-
-# Credentials cvpipe knows by name, and any variable whose name has a credential word in it (KAGGLE_KEY,
-# GITHUB_TOKEN, AWS_SECRET_ACCESS_KEY; not GIT_AUTHOR_NAME).
-SECRET_VARIABLES = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "OPENLINEAGE_API_KEY")
-_SECRET_NAME = re.compile(r"(^|_)(KEY|APIKEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|AUTH)(_|$)", re.IGNORECASE)
-# Shorter values ("1", "true", a short user name such as "test") would redact ordinary text and paths.
-_MIN_SECRET_LENGTH = 6
 PACKAGES = (
     "cvpipe",
     "numpy",
@@ -84,200 +65,7 @@ PACKAGES = (
     "pydantic",
     "openlineage-python",
 )
-# Folders DVC never includes in a directory's hash.
-_DVC_SKIPPED_DIRS = frozenset({".git", ".dvc", ".hg"})
-_TEMPLATE = re.compile(r"\$\{\s*(key|item(?:\.[A-Za-z0-9_-]+)*)\s*\}")
 _MAX_DIRTY_PATHS = 20
-
-
-# -- hashes ---------------------------------------------------------------------------------------------------
-
-
-def dvc_hash(path: Path) -> dict[str, Any]:
-    """DVC's hash of a file or folder, as ``dvc.lock`` writes it: ``md5``, ``size`` and, for folders, ``nfiles``.
-
-    A folder's hash is the MD5 of its JSON listing (``[{"md5": ..., "relpath": ...}]`` sorted by path) with
-    ``.dir`` appended, as ``dvc_data`` computes it.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-    """
-    path = Path(path)
-    if path.is_file():
-        return {"md5": md5_file(path), "size": path.stat().st_size}
-    if not path.is_dir():
-        raise FileNotFoundError(path)
-    entries, size = [], 0
-    for folder, dirs, files in os.walk(path):
-        dirs[:] = [name for name in dirs if name not in _DVC_SKIPPED_DIRS]
-        for name in files:
-            file = Path(folder) / name
-            entries.append({"md5": md5_file(file), "relpath": file.relative_to(path).as_posix()})
-            size += file.stat().st_size
-    entries.sort(key=lambda entry: entry["relpath"])
-    listing = json.dumps(entries, sort_keys=True).encode("utf-8")
-    digest = hashlib.md5(listing, usedforsecurity=False).hexdigest()
-    return {"md5": f"{digest}.dir", "size": size, "nfiles": len(entries)}
-
-
-# -- dvc.yaml and dvc.lock ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """One stage of ``dvc.yaml`` with its templates resolved: paths relative to the project root."""
-
-    name: str
-    deps: tuple[str, ...]
-    outs: tuple[str, ...]
-    params: tuple[str, ...]
-
-
-def _substitute(value: Any, key: str, item: Any) -> Any:
-    """Resolve ``${key}`` and ``${item.a.b}`` in a ``foreach`` body, as DVC does for our dvc.yaml."""
-    if isinstance(value, str):
-
-        def lookup(match: re.Match[str]) -> str:
-            parts = match.group(1).split(".")
-            if parts[0] == "key":
-                return key
-            found = item
-            for part in parts[1:]:
-                found = found[part]
-            return str(found)
-
-        return _TEMPLATE.sub(lookup, value)
-    if isinstance(value, list):
-        return [_substitute(entry, key, item) for entry in value]
-    if isinstance(value, dict):
-        return {_substitute(name, key, item): _substitute(entry, key, item) for name, entry in value.items()}
-    return value
-
-
-def _entry_paths(entries: Any) -> list[str]:
-    """Paths from a deps/outs/metrics/plots list, whose entries are strings or ``{path: options}``."""
-    paths = []
-    for entry in entries or []:
-        if isinstance(entry, str):
-            paths.append(entry)
-        elif isinstance(entry, dict):
-            paths.extend(str(name) for name in entry)
-    return [os.path.normpath(path) for path in paths]
-
-
-def _param_keys(entries: Any) -> list[str]:
-    keys: list[str] = []
-    for entry in entries or []:
-        if isinstance(entry, str):
-            keys.append(entry)
-        elif isinstance(entry, dict):  # {other_file.yaml: [keys]}: keys of another file, kept with its name
-            keys.extend(f"{name}:{key}" for name, values in entry.items() for key in values or [])
-    return keys
-
-
-def stage_spec(root: Path, stage: str) -> StageSpec | None:
-    """The stage named ``stage`` (``split``, ``train@scratch``) in ``root/dvc.yaml``, or None.
-
-    Only what cvpipe's ``dvc.yaml`` uses is resolved (``foreach`` over a mapping or a list with ``${key}``,
-    ``${item}`` and ``${item.field}``); anything else gives None, and the caller falls back to what the CLI
-    knows.
-    """
-    try:
-        data = yaml.safe_load((Path(root) / "dvc.yaml").read_text(encoding="utf-8")) or {}
-        group, _, key = stage.partition("@")
-        definition = (data.get("stages") or {}).get(group)
-        if not isinstance(definition, dict):
-            return None
-        if key:
-            foreach = definition.get("foreach")
-            if isinstance(foreach, dict):
-                item = foreach.get(key)
-            elif isinstance(foreach, list) and key in [str(entry) for entry in foreach]:
-                item = key
-            else:
-                return None
-            definition = _substitute(definition.get("do") or {}, key, item)
-        elif "foreach" in definition or "matrix" in definition:
-            return None
-        text = json.dumps(definition)
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return None
-    if "${" in text:
-        log.debug("dvc.yaml stage %s uses templates cvpipe does not resolve", stage)
-        return None
-    outs = [*_entry_paths(definition.get("outs")), *_entry_paths(definition.get("metrics"))]
-    outs += _entry_paths(definition.get("plots"))
-    return StageSpec(
-        stage, tuple(_entry_paths(definition.get("deps"))), tuple(outs), tuple(_param_keys(definition.get("params")))
-    )
-
-
-def read_lock(root: Path) -> dict[str, Any]:
-    """The ``stages`` mapping of ``root/dvc.lock`` (empty when there is none yet)."""
-    try:
-        data = yaml.safe_load((Path(root) / "dvc.lock").read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        return {}
-    stages = data.get("stages")
-    return stages if isinstance(stages, dict) else {}
-
-
-def lock_outputs(lock: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{output path: {"stage", "md5", "size", "nfiles"}}`` over every stage of a ``dvc.lock``."""
-    found: dict[str, dict[str, Any]] = {}
-    for stage, entry in lock.items():
-        for out in (entry or {}).get("outs") or []:
-            if isinstance(out, dict) and "path" in out:
-                info = {name: out[name] for name in ("md5", "size", "nfiles") if name in out}
-                found[os.path.normpath(out["path"])] = {"stage": stage, **info}
-    return found
-
-
-def param_values(params_file: Path, keys: Sequence[str]) -> dict[str, Any]:
-    """The values of dotted ``keys`` (``split.seed``, ``train.scratch``) in a params file."""
-    try:
-        data = yaml.safe_load(Path(params_file).read_text(encoding="utf-8")) or {}
-    except OSError:
-        return {}
-    values: dict[str, Any] = {}
-    for key in keys:
-        if ":" in key:
-            continue  # another file's key: DVC tracks it; cvpipe reads only params.yaml
-        found: Any = data
-        for part in key.split("."):
-            found = found.get(part) if isinstance(found, dict) else None
-        values[key] = found
-    return values
-
-
-# -- the run's context ----------------------------------------------------------------------------------------
-
-
-def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
-    """Values of credential variables set in the environment, longest first (so substrings go last)."""
-    environ = os.environ if environ is None else environ
-    values = {
-        value
-        for name, value in environ.items()
-        if len(value) >= _MIN_SECRET_LENGTH and (name in SECRET_VARIABLES or _SECRET_NAME.search(name))
-    }
-    return sorted(values, key=len, reverse=True)
-
-
-def redact(value: Any, secrets: Sequence[str] | None = None) -> Any:
-    """``value`` with every secret's text replaced by ``***`` in every string it holds (keys included)."""
-    secrets = secret_values() if secrets is None else secrets
-    if not secrets:
-        return value
-    if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, REDACTED)
-        return value
-    if isinstance(value, dict):
-        return {redact(key, secrets): redact(entry, secrets) for key, entry in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redact(entry, secrets) for entry in value]
-    return value
 
 
 def jsonable(value: Any) -> Any:
@@ -419,11 +207,6 @@ def relative(root: Path, path: Path | str) -> str:
         return resolved.as_posix()
 
 
-def lineage_dir(stage: str) -> str:
-    """The folder, relative to the project root, that holds ``stage``'s record and events."""
-    return f"{LINEAGE_DIR}/{stage}"
-
-
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -449,7 +232,8 @@ class StageRun:
         params: the values of the params keys the stage reads.
         record_dir: where the record goes, or None for a run outside the pipeline (no record).
         run_id: the run's UUID, shared by the record and the OpenLineage events.
-        summary: what the stage function returned; set by the caller, written into the record.
+        summary: what the stage function returned (its typed summary); set by the caller, written into the
+            record field by field (:func:`jsonable`).
         git: the commit and dirtiness (looked up once, when the run begins).
         who: who started the run (:func:`orchestrator`).
     """
@@ -466,7 +250,7 @@ class StageRun:
     started: dt.datetime = field(default_factory=_now)
     git: dict[str, Any] = field(default_factory=dict)
     who: dict[str, Any] = field(default_factory=dict)
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: Any = field(default_factory=dict)
     input_hashes: dict[str, dict[str, Any]] = field(default_factory=dict)
     output_hashes: dict[str, dict[str, Any]] = field(default_factory=dict)
     _clock: float = field(default_factory=time.monotonic)
@@ -501,16 +285,6 @@ def _hash_inputs(root: Path, paths: Sequence[str], trust_lock: bool) -> dict[str
     return hashes
 
 
-def producing_stage(path: str, produced: Mapping[str, Mapping[str, Any]]) -> str | None:
-    """The stage whose output is ``path`` or a folder holding it (``data/cache/images/test.npy``)."""
-    candidate = os.path.normpath(path)
-    while candidate not in ("", ".", "/"):
-        if candidate in produced:
-            return str(produced[candidate]["stage"])
-        candidate = os.path.dirname(candidate)
-    return None
-
-
 def begin_stage(
     command: str,
     inputs: Sequence[Path | str],
@@ -538,7 +312,7 @@ def begin_stage(
     cli_inputs = [relative(root, path) for path in inputs]
     cli_outputs = [relative(root, path) for path in outputs]
     spec = stage_spec(root, name)
-    folder = lineage_dir(name)
+    folder = lineage_dir(name).as_posix()
     # The run is the pipeline's stage when dvc.yaml gives it a lineage folder and the command writes the
     # outputs dvc.yaml expects; a command run by hand with other paths gets events but no record.
     in_pipeline = spec is not None and folder in spec.outs and set(cli_outputs) <= set(spec.outs)
@@ -574,11 +348,11 @@ def begin_stage(
 
 
 def _new_run_id() -> str:
-    """A UUIDv7 (time-ordered, as OpenLineage recommends) when the client provides one, else a UUIDv4."""
-    try:
-        from openlineage.client.uuid import generate_new_uuid
-    except ImportError:
-        return str(uuid.uuid4())
+    """A UUIDv7: time-ordered, as OpenLineage recommends for run ids."""
+    # Imported here: the OpenLineage client package takes ~0.2 s to import, which every `cvpipe` command
+    # (help included) would otherwise pay.
+    from openlineage.client.uuid import generate_new_uuid
+
     return str(generate_new_uuid())
 
 
@@ -651,77 +425,3 @@ def write_record(run: StageRun, record: Mapping[str, Any]) -> Path | None:
 def events_file(run: StageRun) -> Path:
     """Where the run's OpenLineage events go when no transport is configured."""
     return run.record_dir / EVENTS_NAME if run.record_dir is not None else run.root / ADHOC_EVENTS
-
-
-class _NoEmitter:
-    """Stands in when the OpenLineage client cannot even be imported: the stage runs, the record says so."""
-
-    def __init__(self, reason: str) -> None:
-        self.failed = 0
-        self.reason = reason
-
-    def start(self, run: StageRun) -> bool:
-        self.failed += 1
-        return False
-
-    complete = start
-
-    def fail(self, run: StageRun, error: BaseException) -> bool:
-        return self.start(run)
-
-    def close(self) -> None:
-        """Nothing to close."""
-
-    def stats(self) -> dict[str, Any]:
-        return {"transport": None, "sent": 0, "failed": self.failed, "error": self.reason}
-
-
-def _emitter(default_file: Path) -> Any:
-    try:
-        from cvpipe.lineage.openlineage import EventEmitter
-    except ImportError as error:
-        log.warning("OpenLineage: the client cannot be imported (%s); no events are sent", error)
-        return _NoEmitter(str(error))
-    return EventEmitter(default_file)
-
-
-@contextlib.contextmanager
-def track_stage(
-    command: str,
-    *,
-    inputs: Sequence[Path | str],
-    outputs: Sequence[Path | str],
-    params_file: Path,
-    sections: Sequence[str],
-    stage: str | None = None,
-) -> Iterator[StageRun]:
-    """Wrap a stage: START event, the stage, then its record and COMPLETE event (or a FAIL event).
-
-    Lineage never breaks a stage: events that cannot be sent are logged and counted in the record. The
-    stage's own exceptions propagate unchanged, after the FAIL (or, on Ctrl-C, ABORT) event.
-
-    Args:
-        command: the cvpipe subcommand.
-        inputs: data paths it reads.
-        outputs: paths it writes.
-        params_file: the params file.
-        sections: params sections it reads (recorded when dvc.yaml does not name its keys).
-        stage: the stage name outside DVC, e.g. ``train@scratch`` (default: ``command``).
-
-    Yields:
-        The :class:`StageRun`; set ``run.summary`` to what the stage returned.
-    """
-    run = begin_stage(command, inputs, outputs, params_file, sections, stage)
-    emitter = _emitter(events_file(run))
-    emitter.start(run)
-    try:
-        yield run
-    except BaseException as error:
-        emitter.fail(run, error)
-        raise
-    hash_outputs(run)
-    emitter.complete(run)
-    write_record(run, build_record(run, "completed", emitter.stats()))
-    emitter.close()
-    if emitter.failed:
-        log.warning("%s: %d OpenLineage event(s) could not be sent (see above)", run.stage, emitter.failed)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -18,7 +19,8 @@ import yaml
 from openlineage.client import event_v2
 from openlineage.client.serde import Serde
 
-from cvpipe.config import IngestConfig
+from cvpipe.config import IngestConfig, Params
+from cvpipe.lineage.dvcfile import dvc_hash
 from cvpipe.lineage.openlineage import (
     ClassCountsDatasetFacet,
     NearDuplicatesDatasetFacet,
@@ -29,7 +31,7 @@ from cvpipe.lineage.openlineage import (
     make_client,
     user_configured,
 )
-from cvpipe.lineage.record import StageRun, dvc_hash
+from cvpipe.lineage.record import StageRun
 
 ROOT = Path(__file__).resolve().parents[3]
 SCHEMA = json.loads((ROOT / "docs/openlineage/cvpipe-facets.json").read_text())
@@ -162,10 +164,11 @@ def lineage_server() -> Iterator[tuple[str, list[tuple[str, dict[str, Any]]]]]:
 def test_a_stage_posts_its_events_to_an_http_endpoint(
     tmp_path: Path, synthetic_archive: tuple[Path, dict], lineage_server: tuple[str, list]
 ) -> None:
-    from cvpipe.stages.ingest import run_ingest
+    from cvpipe.stages import ingest
 
     url, received = lineage_server
-    run_ingest(synthetic_archive[0], tmp_path / "data/manifest", IngestConfig(workers=1), "filename", ["cat", "dog"])
+    paths = ingest.IngestPaths(archive=synthetic_archive[0], out=tmp_path / "data/manifest")
+    ingest.run(Params(ingest=IngestConfig(workers=1)), paths)
     (tmp_path / "params.yaml").write_text(
         yaml.safe_dump({"split": {"per_class": {"train": 30, "val": 10, "test": 15}}})
     )
@@ -197,3 +200,104 @@ def test_a_stage_posts_its_events_to_an_http_endpoint(
     record = json.loads((tmp_path / "reports/lineage/split/record.json").read_text())
     assert record["run_id"] == start["run"]["runId"] and record["openlineage"]["transport"] == "http"
     assert not (tmp_path / "reports/lineage/split/events.jsonl").exists()  # the configured transport replaces it
+
+
+def _manifest_run(root: Path, summary: Any) -> StageRun:
+    (root / "data/manifest").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"member": ["a.jpg", "b.jpg"], "label": ["cat", None]}).to_parquet(
+        root / "data/manifest/images.parquet"
+    )
+    run = _run(
+        root,
+        stage="ingest",
+        command="ingest",
+        inputs=["data/raw/images.zip"],
+        outputs=["data/manifest/images.parquet"],
+    )
+    run.output_hashes = {path: dvc_hash(root / path) for path in run.outputs}
+    run.summary = summary
+    return run
+
+
+def test_ingest_facets_read_the_typed_summary(tmp_path: Path) -> None:
+    from cvpipe.stages.ingest import IngestSummary
+
+    summary = IngestSummary(
+        members=5,
+        ok=4,
+        quarantined=1,
+        ok_per_class={"cat": 2, "dog": 2},
+        quarantined_per_reason={"empty file": 1},
+        formats={"JPEG": 4},
+        unique_sha256=4,
+        width={},
+        height={},
+    )
+    event = Serde.to_dict(build_event(_manifest_run(tmp_path, summary), event_v2.RunState.COMPLETE))
+    facets = event["outputs"][0]["facets"]
+    assert facets["cvpipe_quarantine"] == {
+        **facets["cvpipe_quarantine"],
+        "members": 5,
+        "ok": 4,
+        "quarantined": 1,
+        "perReason": {"empty file": 1},
+    }
+    assert facets["cvpipe_classCounts"]["counts"] == {"cat": 2, "dog": 2}
+
+
+def test_audit_facets_and_assertions_read_the_typed_summary(tmp_path: Path) -> None:
+    from cvpipe.stages.audit import AuditSummary
+
+    (tmp_path / "reports/audit").mkdir(parents=True)
+    (tmp_path / "reports/audit/report.json").write_text("{}")
+    counts = dict.fromkeys(("images", "images_in_splits", "exact_duplicate_groups", "near_duplicate_pairs"), 3)
+    summary = AuditSummary(
+        method="imagehash.phash 64-bit, also of the mirrored image",
+        hash="phash",
+        threshold=10,
+        exact_cross_split=0,
+        cross_split_pairs=2,
+        within_split_pairs=1,
+        one_unused_pairs=0,
+        unused_pairs=0,
+        label_conflict_pairs=0,
+        cross_split_pairs_by_splits={"train/test": 2},
+        max_cross_split_pairs=1,
+        passed=False,
+        **counts,
+    )
+    run = _run(
+        tmp_path,
+        stage="audit",
+        command="audit",
+        inputs=["data/splits/splits.parquet"],
+        outputs=["reports/audit/report.json"],
+    )
+    run.output_hashes = {path: dvc_hash(tmp_path / path) for path in run.outputs}
+    run.summary = summary
+    event = Serde.to_dict(build_event(run, event_v2.RunState.COMPLETE))
+    near = event["outputs"][0]["facets"]["cvpipe_nearDuplicates"]
+    assert (near["threshold"], near["exactDuplicateGroups"], near["pairsCrossSplit"]) == (10, 3, 2)
+    jsonschema.validate(near, {"$ref": "#/$defs/NearDuplicatesDatasetFacet", "$defs": SCHEMA["$defs"]})
+    assertions = event["inputs"][0]["inputFacets"]["dataQualityAssertions"]["assertions"]
+    assert [(a["assertion"], a["success"], a["actual"]) for a in assertions] == [
+        ("no_exact_duplicates_across_splits", True, "0"),
+        ("near_duplicates_across_splits_at_most", False, "2"),
+    ]
+
+
+def test_a_facet_that_cannot_be_built_is_left_out_with_one_warning_naming_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from types import SimpleNamespace
+
+    # A summary without ok_per_class: what a renamed field in the ingest stage would give.
+    summary = SimpleNamespace(members=2, ok=1, quarantined=1, quarantined_per_reason={"empty file": 1})
+    with caplog.at_level(logging.WARNING, logger="cvpipe.lineage.openlineage"):
+        event = Serde.to_dict(build_event(_manifest_run(tmp_path, summary), event_v2.RunState.COMPLETE))
+    facets = event["outputs"][0]["facets"]
+    assert "cvpipe_quarantine" in facets and "cvpipe_classCounts" not in facets
+    assert "schema" in facets  # the other facets of the dataset are still there
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "cvpipe_classCounts" in warnings[0] and "ok_per_class" in warnings[0], warnings
