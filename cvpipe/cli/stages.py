@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from cvpipe import layout
 from cvpipe.cli.core import ParamsOption, app, progress_bar, read_params
 from cvpipe.lineage.record import track_stage
 
@@ -30,74 +31,80 @@ def check(params: ParamsOption = Path("params.yaml")) -> None:
 
 @app.command()
 def download(
-    out: Annotated[Path, typer.Option(help="Output folder (archive + SOURCE.json).")] = Path("data/raw"),
-    staging: Annotated[Path, typer.Option(help="Download cache outside DVC outputs.")] = Path("data/staging"),
+    out: Annotated[Path, typer.Option(help="Output folder (archive + SOURCE.json).")] = layout.RAW_DIR,
+    staging: Annotated[Path, typer.Option(help="Download cache outside DVC outputs.")] = layout.STAGING_DIR,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Download stage: fetch the source (Kaggle, synthetic, local) into one archive + SOURCE.json."""
-    from cvpipe.stages.download import ARCHIVE_NAME, RECORD_NAME, fetch
+    from cvpipe.stages import download as stage
 
     cfg = read_params(params)
-    outputs = [out / ARCHIVE_NAME, out / RECORD_NAME]
-    with track_stage("download", inputs=[], outputs=outputs, params_file=params, sections=["data"]) as run:
-        record = fetch(cfg.data, out, staging)
-        run.summary = record  # SOURCE.json: where the archive came from, never a credential
-    log.info("download: %s archive sha256 %s", record["source"], record["archive"]["sha256"])
+    paths = stage.DownloadPaths(out=out, staging=staging)
+    with track_stage(
+        "download", inputs=[], outputs=[paths.archive, paths.source], params_file=params, sections=["data"]
+    ) as run:
+        summary = stage.run(cfg, paths)
+        # The lineage record's summary is SOURCE.json itself (flat, per-source fields), never a credential.
+        run.summary = summary.record()
+    log.info("download: %s archive sha256 %s", summary.source, summary.archive["sha256"])
 
 
 @app.command()
 def ingest(
-    archive: Annotated[Path, typer.Option(help="The raw archive.")] = Path("data/raw/images.zip"),
-    out: Annotated[Path, typer.Option(help="Output folder (manifest + report).")] = Path("data/manifest"),
+    archive: Annotated[Path, typer.Option(help="The raw archive.")] = layout.ARCHIVE,
+    out: Annotated[Path, typer.Option(help="Output folder (manifest + report).")] = layout.MANIFEST_DIR,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Ingest stage: validate every image of the archive into a manifest, quarantining bad files."""
-    from cvpipe.stages.ingest import MANIFEST_NAME, REPORT_NAME, list_members, run_ingest
+    from cvpipe.stages import ingest as stage
 
     cfg = read_params(params)
-    outputs = [out / MANIFEST_NAME, out / REPORT_NAME]
+    paths = stage.IngestPaths(archive=archive, out=out)
+    outputs = [paths.manifest, paths.report]
     with (
         track_stage(
             "ingest", inputs=[archive], outputs=outputs, params_file=params, sections=["data", "ingest"]
         ) as run,
-        progress_bar("ingest", len(list_members(archive))) as advance,
+        progress_bar("ingest", len(stage.list_members(archive))) as advance,
     ):
-        run.summary = run_ingest(archive, out, cfg.ingest, cfg.data.labels, cfg.data.classes, advance)
+        run.summary = stage.run(cfg, paths, advance)
 
 
 @app.command()
 def split(
-    manifest: Annotated[Path, typer.Option(help="The manifest.")] = Path("data/manifest/images.parquet"),
-    out: Annotated[Path, typer.Option(help="Output folder (split table + report).")] = Path("data/splits"),
+    manifest: Annotated[Path, typer.Option(help="The manifest.")] = layout.MANIFEST,
+    out: Annotated[Path, typer.Option(help="Output folder (split table + report).")] = layout.SPLITS_DIR,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Split stage: stratified, seeded train/val/test split with near-duplicates kept together."""
-    from cvpipe.stages.split import REPORT_NAME, SPLITS_NAME, run_split
+    from cvpipe.stages import split as stage
 
     cfg = read_params(params)
-    outputs = [out / SPLITS_NAME, out / REPORT_NAME]
+    paths = stage.SplitPaths(manifest=manifest, out=out)
+    outputs = [paths.splits, paths.report]
     with track_stage(
         "split", inputs=[manifest], outputs=outputs, params_file=params, sections=["data", "split"]
     ) as run:
-        run.summary = run_split(manifest, out, cfg.split, cfg.data.classes)
+        run.summary = stage.run(cfg, paths)
 
 
 @app.command()
 def decode(
-    archive: Annotated[Path, typer.Option(help="The raw archive.")] = Path("data/raw/images.zip"),
-    splits: Annotated[Path, typer.Option(help="The split table.")] = Path("data/splits/splits.parquet"),
-    out: Annotated[Path, typer.Option(help="Output folder (.npy caches).")] = Path("data/cache/images"),
+    archive: Annotated[Path, typer.Option(help="The raw archive.")] = layout.ARCHIVE,
+    splits: Annotated[Path, typer.Option(help="The split table.")] = layout.SPLITS,
+    out: Annotated[Path, typer.Option(help="Output folder (.npy caches).")] = layout.IMAGES_CACHE,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Decode stage: cache every split as a uint8 N x S x S x 3 .npy in split order."""
-    from cvpipe.stages.decode import count_images, run_decode
+    from cvpipe.stages import decode as stage
 
     cfg = read_params(params)
+    paths = stage.DecodePaths(archive=archive, splits=splits, out=out)
     with (
         track_stage("decode", inputs=[archive, splits], outputs=[out], params_file=params, sections=["image"]) as run,
-        progress_bar("decode", count_images(splits)) as advance,
+        progress_bar("decode", stage.count_images(splits)) as advance,
     ):
-        run.summary = run_decode(archive, splits, out, cfg.image, advance)
+        run.summary = stage.run(cfg, paths, advance)
 
 
 @app.command()
@@ -200,34 +207,36 @@ def _weights_identity(spec: str) -> dict[str, object]:
 
 @app.command()
 def audit(
-    archive: Annotated[Path, typer.Option(help="The raw archive (for thumbnails).")] = Path("data/raw/images.zip"),
-    manifest: Annotated[Path, typer.Option(help="The manifest.")] = Path("data/manifest/images.parquet"),
-    splits: Annotated[Path, typer.Option(help="The split table.")] = Path("data/splits/splits.parquet"),
-    out: Annotated[Path, typer.Option(help="Output folder (report, metrics, thumbnails).")] = Path("reports/audit"),
+    archive: Annotated[Path, typer.Option(help="The raw archive (for thumbnails).")] = layout.ARCHIVE,
+    manifest: Annotated[Path, typer.Option(help="The manifest.")] = layout.MANIFEST,
+    splits: Annotated[Path, typer.Option(help="The split table.")] = layout.SPLITS,
+    out: Annotated[Path, typer.Option(help="Output folder (report, metrics, thumbnails).")] = layout.AUDIT_DIR,
     params: ParamsOption = Path("params.yaml"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Audit stage: exact and near-duplicates within and across splits; fails on leaks beyond audit.*."""
-    from cvpipe.stages.audit import METRICS_NAME, REPORT_NAME, THUMBNAILS_DIR, run_audit
+    import dataclasses
+
+    from cvpipe.stages import audit as stage
 
     cfg = read_params(params)
+    paths = stage.AuditPaths(archive=archive, manifest=manifest, splits=splits, out=out)
     with track_stage(
         "audit",
         inputs=[archive, manifest, splits],
-        outputs=[out / REPORT_NAME, out / METRICS_NAME, out / THUMBNAILS_DIR],
+        outputs=[paths.report, paths.metrics, paths.thumbnails],
         params_file=params,
         sections=["audit"],
     ) as run:
-        run.summary = run_audit(archive, manifest, splits, out, cfg.audit)
-    summary = run.summary
+        summary = run.summary = stage.run(cfg, paths)
     if as_json:
-        typer.echo(json.dumps(summary, indent=2, sort_keys=True))
+        typer.echo(json.dumps(dataclasses.asdict(summary), indent=2, sort_keys=True))
         return
     typer.echo(
-        f"audit ({summary['method']}, {summary['threshold']} bits): {summary['exact_duplicate_groups']} exact-"
-        f"duplicate group(s), {summary['near_duplicate_pairs']} near-duplicate pair(s): "
-        f"{summary['within_split_pairs']} within a split, {summary['cross_split_pairs']} across splits, "
-        f"{summary['one_unused_pairs'] + summary['unused_pairs']} with an unused image; passed"
+        f"audit ({summary.method}, {summary.threshold} bits): {summary.exact_duplicate_groups} exact-"
+        f"duplicate group(s), {summary.near_duplicate_pairs} near-duplicate pair(s): "
+        f"{summary.within_split_pairs} within a split, {summary.cross_split_pairs} across splits, "
+        f"{summary.one_unused_pairs + summary.unused_pairs} with an unused image; passed"
     )
 
 

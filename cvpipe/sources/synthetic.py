@@ -40,6 +40,7 @@ from PIL import Image, ImageChops, ImageDraw, ImageStat
 
 from cvpipe.config import SyntheticConfig
 from cvpipe.errors import ConfigError
+from cvpipe.imaging.hashes import HASH_DRAFT_SIZE, hash_distance, hash_image
 from cvpipe.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -347,26 +348,22 @@ def near_duplicate(data: bytes, quality: int, scale: float = NEAR_DUPLICATE_SCAL
     return _encode_jpeg(resized, new_quality)
 
 
-def _phashes(data: bytes) -> list[Any]:
+def _phashes(data: bytes) -> list[str]:
     """Return an image's phash from a full decode and from the small draft decode that ingest hashes."""
-    import imagehash  # only planting needs it (it pulls in SciPy): keep it off the import path of workers
-
     # ingest hashes a JPEG decoded at a small DCT scale (fast); planted near-duplicates are checked that way
     # too, as well as on a full decode.
-    from cvpipe.stages.ingest import HASH_DRAFT_SIZE
-
     hashes = []
     for draft in (None, HASH_DRAFT_SIZE):
         with Image.open(io.BytesIO(data)) as image:
             if draft is not None:
                 image.draft("RGB", (draft, draft))
-            hashes.append(imagehash.phash(image.convert("RGB")))
+            hashes.append(hash_image(image.convert("RGB")))
     return hashes
 
 
 def phash_distance(first: bytes, second: bytes) -> int:
     """Return the larger phash distance between two encoded images over both decodes in ``_phashes``."""
-    return max(int(a - b) for a, b in zip(_phashes(first), _phashes(second), strict=True))
+    return max(hash_distance(a, b) for a, b in zip(_phashes(first), _phashes(second), strict=True))
 
 
 def _near_duplicate_scales(original: bytes, min_side: int) -> list[float]:

@@ -22,70 +22,119 @@ from __future__ import annotations
 import io
 import logging
 import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import Image
 
-from cvpipe.config import SPLITS, AuditConfig
+from cvpipe import layout
+from cvpipe.config import SPLITS, Params
 from cvpipe.errors import DataError
+from cvpipe.imaging.hashes import HashMethod, HashPairs, candidate_pairs, describe, hash_bytes, hex_to_uint64
 from cvpipe.io import write_bytes_atomic, write_json_atomic
-from cvpipe.stages.split import close_hash_pairs, hex_to_uint64
 
 log = logging.getLogger(__name__)
 
-REPORT_NAME = "report.json"
-METRICS_NAME = "metrics.json"
-THUMBNAILS_DIR = "thumbnails"
 THUMBNAIL_SIDE = 128
 UNUSED = "unused"
 # Pair classes, in the order the report lists them (leaks first).
 KINDS = ("cross_split", "within_split", "one_unused", "unused")
-_HASH_DRAFT_SIZE = 64  # as ingest: a hash looks at a 32x32 or smaller greyscale thumbnail anyway
 
 
-def _hash_image(data: bytes, method: str) -> tuple[int, int]:
-    """A 64-bit hash of the image and of its mirror, computed as ingest computes the phash."""
-    import imagehash
+@dataclass(frozen=True)
+class AuditSummary:
+    """The audit's counts, with the hash, the threshold and the verdict: the report's ``summary``.
 
-    from cvpipe.imaging.images import decode_oriented
+    ``metrics.json`` holds the fields of :data:`METRIC_FIELDS`; OpenLineage facets read the rest too.
+    """
 
-    function = {"phash": imagehash.phash, "dhash": imagehash.dhash, "average_hash": imagehash.average_hash}[method]
-    upright = decode_oriented(data, draft_size=_HASH_DRAFT_SIZE)
-    return int(str(function(upright)), 16), int(str(function(ImageOps.mirror(upright))), 16)
+    method: str
+    hash: str
+    threshold: int
+    images: int
+    images_in_splits: int
+    exact_duplicate_groups: int
+    exact_cross_split: int
+    near_duplicate_pairs: int
+    cross_split_pairs: int
+    within_split_pairs: int
+    one_unused_pairs: int
+    unused_pairs: int
+    label_conflict_pairs: int
+    cross_split_pairs_by_splits: dict[str, int]
+    max_cross_split_pairs: int
+    passed: bool
 
 
-def image_hashes(images: pd.DataFrame, archive_path: Path, method: str) -> tuple[np.ndarray, np.ndarray]:
+# What ``metrics.json`` holds (for ``dvc metrics show``), of :class:`AuditSummary`.
+METRIC_FIELDS = (
+    "exact_duplicate_groups",
+    "exact_cross_split",
+    "near_duplicate_pairs",
+    "cross_split_pairs",
+    "within_split_pairs",
+    "label_conflict_pairs",
+    "passed",
+)
+
+
+@dataclass(frozen=True)
+class AuditPaths:
+    """What the audit stage reads and where it writes (defaults: :mod:`cvpipe.layout`)."""
+
+    archive: Path = layout.ARCHIVE
+    manifest: Path = layout.MANIFEST
+    splits: Path = layout.SPLITS
+    out: Path = layout.AUDIT_DIR
+
+    @property
+    def report(self) -> Path:
+        """The report, ``<out>/report.json``."""
+        return Path(self.out) / layout.REPORT_NAME
+
+    @property
+    def metrics(self) -> Path:
+        """The counts for ``dvc metrics show``, ``<out>/metrics.json``."""
+        return Path(self.out) / layout.AUDIT_METRICS_NAME
+
+    @property
+    def thumbnails(self) -> Path:
+        """Thumbnails of the first suspect pairs, ``<out>/thumbnails/``."""
+        return Path(self.out) / layout.THUMBNAILS_DIR_NAME
+
+
+def image_hashes(images: pd.DataFrame, archive_path: Path, method: HashMethod) -> tuple[np.ndarray, np.ndarray]:
     """Each image's hash and its mirror's: the manifest's phash, or ``method`` recomputed from the archive."""
     if method == "phash":
         return hex_to_uint64(images["phash"]), hex_to_uint64(images["phash_flip"])
-    hashes = np.zeros(len(images), dtype=np.uint64)
-    flipped = np.zeros(len(images), dtype=np.uint64)
+    pairs = []
     with zipfile.ZipFile(archive_path) as archive:
-        for position, member in enumerate(images["member"]):
-            hashes[position], flipped[position] = _hash_image(archive.read(member), method)
-    return hashes, flipped
+        for member in images["member"]:
+            pairs.append(hash_bytes(archive.read(member), method))
+    return hex_to_uint64([first for first, _ in pairs]), hex_to_uint64([second for _, second in pairs])
 
 
 def close_pairs(hashes: np.ndarray, flipped: np.ndarray, threshold: int) -> pd.DataFrame:
     """Pairs ``i < j`` within ``threshold`` bits: columns ``i``, ``j``, ``distance``, ``mirrored``.
 
-    The pairs the split stage keeps together (:func:`cvpipe.stages.split.close_hash_pairs`). The distance is the
-    smallest of image-to-image and image-to-mirror; ``mirrored`` says the smallest was through a mirror.
+    The pairs the split stage keeps together (:func:`cvpipe.imaging.hashes.candidate_pairs`). The distance is
+    the smallest of image-to-image and image-to-mirror; ``mirrored`` says the smallest was through a mirror.
     """
-    columns: dict[str, list[np.ndarray]] = {"i": [], "j": [], "distance": [], "mirrored": []}
-    for i, j, direct, mirror in close_hash_pairs(hashes, flipped, threshold):
-        columns["i"].append(i)
-        columns["j"].append(j)
-        columns["distance"].append(np.minimum(direct, mirror))
-        columns["mirrored"].append(mirror < direct)
-    dtypes = {"i": np.int64, "j": np.int64, "distance": np.int64, "mirrored": bool}
+    return pair_table(candidate_pairs(hashes, flipped, threshold))
+
+
+def pair_table(pairs: HashPairs) -> pd.DataFrame:
+    """``pairs`` as a frame: columns ``i``, ``j``, ``distance`` (int64) and ``mirrored``."""
     return pd.DataFrame(
         {
-            name: np.concatenate(parts).astype(dtypes[name]) if parts else np.empty(0, dtypes[name])
-            for name, parts in columns.items()
+            "i": pairs.i.astype(np.int64),
+            "j": pairs.j.astype(np.int64),
+            "distance": pairs.distance.astype(np.int64),
+            "mirrored": pairs.mirrored.astype(bool),
         }
     )
 
@@ -186,29 +235,34 @@ def write_thumbnails(archive_path: Path, pairs: list[dict[str, Any]], out_dir: P
         for number, pair in enumerate(pairs[:limit], start=1):
             name = f"pair-{number:04d}.jpg"
             write_bytes_atomic(out_dir / name, pair_thumbnail(archive, pair["a"], pair["b"]))
-            pair["thumbnail"] = f"{THUMBNAILS_DIR}/{name}"
+            pair["thumbnail"] = f"{layout.THUMBNAILS_DIR_NAME}/{name}"
             index.append({"file": name, "a": pair["a"], "b": pair["b"], "kind": pair["kind"]})
     # Always written, so the folder exists (a DVC output) even when there is nothing suspect.
     write_json_atomic(out_dir / "index.json", index)
 
 
-def run_audit(
-    archive_path: Path, manifest_path: Path, splits_path: Path, out_dir: Path, cfg: AuditConfig
-) -> dict[str, Any]:
-    """The audit stage: write ``report.json``, ``metrics.json`` and ``thumbnails/`` into ``out_dir``.
+def run(
+    params: Params, paths: AuditPaths = AuditPaths(), progress: Callable[[int], None] | None = None
+) -> AuditSummary:
+    """The audit stage: write the report, ``metrics.json`` and ``thumbnails/`` into ``paths.out``.
+
+    Args:
+        params: the pipeline's params; the stage reads ``audit.*``.
+        paths: the archive, manifest and split table to read, and the folder to write.
+        progress: unused; accepted as every stage's ``run`` does.
 
     Returns:
-        The counts (also ``metrics.json``), with the method and threshold.
+        The counts (also in ``metrics.json``), with the method and threshold.
 
     Raises:
-        DataError: more cross-split near-duplicate pairs than ``cfg.max_cross_split_pairs``, or an exact
+        DataError: more cross-split near-duplicate pairs than ``audit.max_cross_split_pairs``, or an exact
             duplicate across splits; the report is written first.
     """
-    out_dir = Path(out_dir)
-    manifest = pd.read_parquet(manifest_path)
-    splits = pd.read_parquet(splits_path, columns=["split", "row", "member", "sha256", "label"])
+    cfg = params.audit
+    manifest = pd.read_parquet(paths.manifest)
+    splits = pd.read_parquet(paths.splits, columns=["split", "row", "member", "sha256", "label"])
     images = unique_images(manifest, splits)
-    hashes, flipped = image_hashes(images, archive_path, cfg.hash)
+    hashes, flipped = image_hashes(images, paths.archive, cfg.hash)
     table = describe_pairs(images, close_pairs(hashes, flipped, cfg.near_duplicate_threshold))
     duplicates = exact_duplicates(manifest, splits)
     split_count = splits.groupby("sha256")["split"].nunique()
@@ -216,64 +270,53 @@ def run_audit(
     counts = table["kind"].value_counts().reindex(list(KINDS), fill_value=0)
     cross = table[table["kind"] == "cross_split"]
     by_splits = pd.Series([split_pair(a, b) for a, b in zip(cross["a_split"], cross["b_split"], strict=True)])
-    summary: dict[str, Any] = {
-        "method": f"imagehash.{cfg.hash} 64-bit, also of the mirrored image",
-        "hash": cfg.hash,
-        "threshold": cfg.near_duplicate_threshold,
-        "images": len(images),
-        "images_in_splits": int((images["split"] != UNUSED).sum()),
-        "exact_duplicate_groups": len(duplicates),
-        "exact_cross_split": len(exact_cross),
-        "near_duplicate_pairs": len(table),
-        "cross_split_pairs": int(counts["cross_split"]),
-        "within_split_pairs": int(counts["within_split"]),
-        "one_unused_pairs": int(counts["one_unused"]),
-        "unused_pairs": int(counts["unused"]),
-        "label_conflict_pairs": int(table["label_conflict"].sum()),
-        "cross_split_pairs_by_splits": {str(k): int(v) for k, v in sorted(by_splits.value_counts().items())},
-        "max_cross_split_pairs": cfg.max_cross_split_pairs,
-    }
-    passed = summary["cross_split_pairs"] <= cfg.max_cross_split_pairs and not exact_cross
-    summary["passed"] = bool(passed)
+    cross_split_pairs = int(counts["cross_split"])
+    summary = AuditSummary(
+        method=describe(cfg.hash),
+        hash=cfg.hash,
+        threshold=cfg.near_duplicate_threshold,
+        images=len(images),
+        images_in_splits=int((images["split"] != UNUSED).sum()),
+        exact_duplicate_groups=len(duplicates),
+        exact_cross_split=len(exact_cross),
+        near_duplicate_pairs=len(table),
+        cross_split_pairs=cross_split_pairs,
+        within_split_pairs=int(counts["within_split"]),
+        one_unused_pairs=int(counts["one_unused"]),
+        unused_pairs=int(counts["unused"]),
+        label_conflict_pairs=int(table["label_conflict"].sum()),
+        cross_split_pairs_by_splits={str(k): int(v) for k, v in sorted(by_splits.value_counts().items())},
+        max_cross_split_pairs=cfg.max_cross_split_pairs,
+        passed=bool(cross_split_pairs <= cfg.max_cross_split_pairs and not exact_cross),
+    )
     pairs = table.head(cfg.max_listed_pairs).to_dict(orient="records")
     for pair in pairs:
         pair["distance"], pair["mirrored"] = int(pair["distance"]), bool(pair["mirrored"])
         pair["label_conflict"] = bool(pair["label_conflict"])
-    write_thumbnails(archive_path, pairs, out_dir / THUMBNAILS_DIR, cfg.thumbnails)
+    write_thumbnails(paths.archive, pairs, paths.thumbnails, cfg.thumbnails)
     report = {
-        "summary": summary,
+        "summary": asdict(summary),
         "splits": list(SPLITS),
         "exact_duplicates": duplicates,
         "exact_cross_split": exact_cross,
         "pairs": pairs,
         "pairs_listed": len(pairs),
     }
-    write_json_atomic(out_dir / REPORT_NAME, report)
-    write_json_atomic(out_dir / METRICS_NAME, {key: summary[key] for key in _METRIC_KEYS})
+    write_json_atomic(paths.report, report)
+    write_json_atomic(paths.metrics, {name: getattr(summary, name) for name in METRIC_FIELDS})
     log.info(
         "audit (%s, %d bits): %d exact-duplicate groups, %d near-duplicate pairs, %d across splits",
         cfg.hash,
         cfg.near_duplicate_threshold,
         len(duplicates),
         len(table),
-        summary["cross_split_pairs"],
+        summary.cross_split_pairs,
     )
-    if not passed:
+    if not summary.passed:
         raise DataError(
-            f"audit: {summary['cross_split_pairs']} near-duplicate pair(s) across splits (allowed "
+            f"audit: {summary.cross_split_pairs} near-duplicate pair(s) across splits (allowed "
             f"{cfg.max_cross_split_pairs}) and {len(exact_cross)} exact duplicate(s) across splits; see "
-            f"{out_dir / REPORT_NAME}; raise split.near_duplicate_threshold to at least "
+            f"{paths.report}; raise split.near_duplicate_threshold to at least "
             "audit.near_duplicate_threshold so the split keeps such pairs together, or audit.max_cross_split_pairs"
         )
     return summary
-
-
-_METRIC_KEYS = (
-    "exact_duplicate_groups",
-    "exact_cross_split",
-    "near_duplicate_pairs",
-    "cross_split_pairs",
-    "within_split_pairs",
-    "label_conflict_pairs",
-    "passed",
-)

@@ -26,6 +26,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
@@ -34,7 +35,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cvpipe.config import SPLITS, ImageConfig
+from cvpipe import layout
+from cvpipe.config import SPLITS, ImageConfig, Params
 from cvpipe.errors import DataError
 from cvpipe.imaging.archive import Member, MemberTable, locate_members, read_member
 from cvpipe.imaging.images import load_decoders, load_rgb
@@ -43,7 +45,6 @@ from cvpipe.parallel import map_chunks, start_pool, worker_count
 
 log = logging.getLogger(__name__)
 
-META_NAME = "images.json"
 RESIZE_POLICY = (
     "JPEG DCT-domain downscale to the smallest power-of-two scale >= size (libjpeg-turbo, as Pillow's draft), "
     "EXIF transpose, RGB, squash with OpenCV INTER_LINEAR_EXACT (bilinear, half-pixel centres)"
@@ -52,6 +53,41 @@ RESIZE_POLICY = (
 # large the split, so that a worker's memory does not grow with it; ~100 chunks for 25,000 images is cheap.
 _CHUNK_ROWS = 256
 _CHUNK_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class DecodeSummary:
+    """What the decode stage cached: the side, the resize policy, per split its image count and shape.
+
+    ``images.json`` holds every field but ``seconds`` (a time would make the cache's folder change each run).
+    """
+
+    size: int
+    resize: str
+    splits: dict[str, dict[str, Any]]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class DecodePaths:
+    """What the decode stage reads and where it writes (defaults: :mod:`cvpipe.layout`)."""
+
+    archive: Path = layout.ARCHIVE
+    splits: Path = layout.SPLITS
+    out: Path = layout.IMAGES_CACHE
+
+    def images(self, split: str) -> Path:
+        """One split's images, ``<out>/<split>.npy``."""
+        return layout.split_file(self.out, split)
+
+    def labels(self, split: str) -> Path:
+        """One split's labels, ``<out>/<split>_labels.npy``."""
+        return layout.labels_file(self.out, split)
+
+    @property
+    def meta(self) -> Path:
+        """What was cached, ``<out>/images.json``."""
+        return Path(self.out) / layout.IMAGES_META_NAME
 
 
 def _write_at(fd: int, data: memoryview, offset: int) -> None:
@@ -188,13 +224,9 @@ def read_splits(splits_path: Path) -> dict[str, tuple[pa.ChunkedArray, np.ndarra
         return splits
 
 
-def run_decode(
-    archive_path: Path,
-    splits_path: Path,
-    out_dir: Path,
-    cfg: ImageConfig,
-    progress: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
+def run(
+    params: Params, paths: DecodePaths = DecodePaths(), progress: Callable[[int], None] | None = None
+) -> DecodeSummary:
     """The decode stage: ``<split>.npy`` and ``<split>_labels.npy`` for every split, plus ``images.json``.
 
     One pool of workers serves every split. It is started before the split table is read, so the workers
@@ -202,22 +234,27 @@ def run_decode(
     that wants the number of images first (a progress bar) should use :func:`count_images`: whatever reading
     the table leaves resident in the caller is inherited by every worker (~8 MB each at 25,000 rows read
     with pandas).
+
+    Args:
+        params: the pipeline's params; the stage reads ``image.*``.
+        paths: the archive and split table to read, and the cache folder to write.
+        progress: called with the number of images decoded, as they are.
     """
-    out_dir = Path(out_dir)
-    summary: dict[str, Any] = {"size": cfg.size, "resize": RESIZE_POLICY, "splits": {}}
+    cfg = params.image
+    meta: dict[str, Any] = {"size": cfg.size, "resize": RESIZE_POLICY, "splits": {}}
     started = time.monotonic()
     load_decoders()
     pool = start_pool(worker_count(cfg.workers))
     with pool if pool is not None else contextlib.nullcontext():
-        splits = read_splits(splits_path)
+        splits = read_splits(paths.splits)
         total = sum(len(members) for members, _ in splits.values())
         for name in SPLITS:
             members, labels = splits.pop(name)
             # Python strings for this split only, freed when it is done.
-            decode_split(archive_path, members.to_pylist(), out_dir / f"{name}.npy", cfg, progress, pool)
-            write_npy_atomic(out_dir / f"{name}_labels.npy", labels)
-            summary["splits"][name] = {"images": len(members), "shape": [len(members), cfg.size, cfg.size, 3]}
+            decode_split(paths.archive, members.to_pylist(), paths.images(name), cfg, progress, pool)
+            write_npy_atomic(paths.labels(name), labels)
+            meta["splits"][name] = {"images": len(members), "shape": [len(members), cfg.size, cfg.size, 3]}
     seconds = time.monotonic() - started
-    write_json_atomic(out_dir / META_NAME, summary)
+    write_json_atomic(paths.meta, meta)
     log.info("decode: %d images in %.1f s (%.0f images/s)", total, seconds, total / seconds if seconds else 0.0)
-    return {**summary, "seconds": round(seconds, 3)}
+    return DecodeSummary(size=cfg.size, resize=RESIZE_POLICY, splits=meta["splits"], seconds=round(seconds, 3))

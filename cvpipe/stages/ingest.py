@@ -28,28 +28,23 @@ import zipfile
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path, PurePosixPath
-from typing import Any
 
-import imagehash
 import pandas as pd
 import pyarrow as pa
-from PIL import ImageOps
 
-from cvpipe.config import IngestConfig
+from cvpipe import layout
+from cvpipe.config import IngestConfig, Params
 from cvpipe.errors import DataError, SourceError
 from cvpipe.imaging.archive import Member, MemberTable, read_member, scan_archive
-from cvpipe.imaging.images import decode_oriented, open_image
+from cvpipe.imaging.hashes import decode_for_hash, hash_pair, load_hashers
+from cvpipe.imaging.images import open_image
 from cvpipe.io import sha256_bytes, system_memory_pool, write_json_atomic, write_parquet
 from cvpipe.parallel import chunked, map_chunks, start_pool, worker_count
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "images.parquet"
-REPORT_NAME = "report.json"
-# Perceptual hashes are computed on a small decode: phash looks at a 32x32 greyscale thumbnail anyway.
-HASH_DRAFT_SIZE = 64
 _DEBRIS_NAMES = {"thumbs.db", ".ds_store", "desktop.ini"}
 # What reading a member may raise (zipfile's errors included: unusual members are read by zipfile). An
 # encrypted member (RuntimeError) or a corrupt deflate stream (zlib.error) used to stop the whole stage.
@@ -160,11 +155,10 @@ def _describe_image(row: Row, data: bytes, settings: Settings) -> Row:
     if getattr(image, "n_frames", 1) > 1:
         return row.quarantine(f"animated image with {image.n_frames} frames")
     try:
-        upright = decode_oriented(data, draft_size=HASH_DRAFT_SIZE)
+        upright = decode_for_hash(data)
     except Exception as error:
         return row.quarantine(f"image data does not decode ({type(error).__name__}: {error})"[:200])
-    row.phash = str(imagehash.phash(upright))
-    row.phash_flip = str(imagehash.phash(ImageOps.mirror(upright)))
+    row.phash, row.phash_flip = hash_pair(upright)
     return row
 
 
@@ -288,6 +282,7 @@ def build_manifest(
     )
     work = functools.partial(_inspect_chunk, Path(archive_path), settings)
     workers = worker_count(cfg.workers)
+    load_hashers()  # before the pool forks: its workers then share the import
     pool = start_pool(workers)  # before the listing: forked workers then do not hold a copy of it
     with pool if pool is not None else contextlib.nullcontext():
         batches = _judge(work, archive_members(archive_path), workers, progress, pool)
@@ -297,24 +292,60 @@ def build_manifest(
     return pa.Table.from_batches(batches).combine_chunks().to_pandas(use_threads=False)
 
 
-def summarize(manifest: pd.DataFrame) -> dict[str, Any]:
-    """Counts a person reads first: totals, per class, per quarantine reason, formats, sizes."""
+@dataclass(frozen=True)
+class IngestSummary:
+    """Counts a person reads first: totals, per class, per quarantine reason, formats, sizes.
+
+    The report's ``summary`` and the lineage record hold these fields; OpenLineage facets read them.
+    """
+
+    members: int
+    ok: int
+    quarantined: int
+    ok_per_class: dict[str, int]
+    quarantined_per_reason: dict[str, int]
+    formats: dict[str, int]
+    unique_sha256: int
+    width: dict[str, int]
+    height: dict[str, int]
+
+
+@dataclass(frozen=True)
+class IngestPaths:
+    """What the ingest stage reads and where it writes (defaults: :mod:`cvpipe.layout`)."""
+
+    archive: Path = layout.ARCHIVE
+    out: Path = layout.MANIFEST_DIR
+
+    @property
+    def manifest(self) -> Path:
+        """The manifest, ``<out>/images.parquet``."""
+        return Path(self.out) / layout.MANIFEST_NAME
+
+    @property
+    def report(self) -> Path:
+        """The validation report, ``<out>/report.json``."""
+        return Path(self.out) / layout.REPORT_NAME
+
+
+def summarize(manifest: pd.DataFrame) -> IngestSummary:
+    """Count the manifest's members: totals, per class, per quarantine reason, formats, sizes."""
     # Only the columns counted here are copied: the manifest is the largest thing the stage holds.
     ok = manifest.loc[manifest["status"] == "ok", ["label", "format", "sha256", "width", "height"]]
     reasons = manifest.loc[manifest["status"] == "quarantined", "reason"]
     reason_kinds = reasons.str.replace(r"\s*\(.*$", "", regex=True)
-    return {
-        "members": len(manifest),
-        "ok": len(ok),
-        "quarantined": len(reasons),
-        "ok_per_class": {str(k): int(v) for k, v in ok["label"].value_counts().sort_index().items()},
-        "quarantined_per_reason": {str(k): int(v) for k, v in reason_kinds.value_counts().sort_index().items()},
-        "formats": {str(k): int(v) for k, v in ok["format"].value_counts().sort_index().items()},
+    return IngestSummary(
+        members=len(manifest),
+        ok=len(ok),
+        quarantined=len(reasons),
+        ok_per_class={str(k): int(v) for k, v in ok["label"].value_counts().sort_index().items()},
+        quarantined_per_reason={str(k): int(v) for k, v in reason_kinds.value_counts().sort_index().items()},
+        formats={str(k): int(v) for k, v in ok["format"].value_counts().sort_index().items()},
         # A set of the strings: pandas' nunique on Arrow strings took ~10 MB at 25,000 rows, a set ~2 MB.
-        "unique_sha256": len(set(ok["sha256"])),
-        "width": _quantiles(ok["width"]),
-        "height": _quantiles(ok["height"]),
-    }
+        unique_sha256=len(set(ok["sha256"])),
+        width=_quantiles(ok["width"]),
+        height=_quantiles(ok["height"]),
+    )
 
 
 def _quantiles(column: pd.Series) -> dict[str, int]:
@@ -324,53 +355,50 @@ def _quantiles(column: pd.Series) -> dict[str, int]:
     return {"min": points[0], "median": points[1], "max": points[2]}
 
 
-def run_ingest(
-    archive_path: Path,
-    out_dir: Path,
-    cfg: IngestConfig,
-    labels: str,
-    classes: Sequence[str],
-    progress: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
-    """The ingest stage: write ``images.parquet`` and ``report.json`` into ``out_dir``.
+def run(
+    params: Params, paths: IngestPaths = IngestPaths(), progress: Callable[[int], None] | None = None
+) -> IngestSummary:
+    """The ingest stage: write the manifest and its validation report (``paths.manifest``, ``paths.report``).
+
+    Args:
+        params: the pipeline's params; the stage reads ``data.labels``, ``data.classes`` and ``ingest.*``.
+        paths: the archive to read and the folder to write.
+        progress: called with the number of members judged, as they are.
 
     Raises:
         DataError: the manifest fails validation (the report lists every failure) or has no usable image.
     """
     from cvpipe.schemas import validate_manifest  # pandera is slow to import; only stages that validate pay
 
+    cfg, labels, classes = params.ingest, params.data.labels, params.data.classes
     started = time.monotonic()
     # The manifest's Arrow columns and pandas' Arrow strings from malloc, not mimalloc (see system_memory_pool):
     # ~10 MB less for the stage's processes together, at 5,000 and at 25,000 images.
     with system_memory_pool():
-        manifest = build_manifest(archive_path, cfg, labels, classes, progress)
+        manifest = build_manifest(paths.archive, cfg, labels, classes, progress)
         summary = summarize(manifest)
         failures = validate_manifest(manifest, classes, cfg.min_side)
         quarantine = manifest.loc[manifest["status"] == "quarantined", ["member", "reason"]]
         report = {
-            "summary": summary,
+            "summary": asdict(summary),
             "quarantine": quarantine.to_dict(orient="records"),
             "schema_failures": failures,
             "params": {"labels": labels, "classes": list(classes), **cfg.model_dump(exclude={"workers"})},
         }
-        out_dir = Path(out_dir)
-        write_json_atomic(out_dir / REPORT_NAME, report)
+        write_json_atomic(paths.report, report)
         # No usable image first: an empty manifest also fails the schema, but that would hide the real problem.
-        if summary["ok"] == 0:
-            raise DataError(
-                f"{archive_path}: no usable image among {summary['members']} members; see {out_dir / REPORT_NAME}"
-            )
+        if summary.ok == 0:
+            raise DataError(f"{paths.archive}: no usable image among {summary.members} members; see {paths.report}")
         if failures:
             raise DataError(
-                f"manifest failed validation with {len(failures)} problem(s), e.g. {failures[0]}; "
-                f"see {out_dir / REPORT_NAME}"
+                f"manifest failed validation with {len(failures)} problem(s), e.g. {failures[0]}; see {paths.report}"
             )
-        write_parquet(manifest, out_dir / MANIFEST_NAME)
+        write_parquet(manifest, paths.manifest)
     log.info(
         "ingest: %d members, %d ok, %d quarantined in %.1f s",
-        summary["members"],
-        summary["ok"],
-        summary["quarantined"],
+        summary.members,
+        summary.ok,
+        summary.quarantined,
         time.monotonic() - started,
     )
     return summary

@@ -3,7 +3,8 @@
 1. Exact duplicates (same sha256) collapse to one image: the first member name keeps it, the others are
    listed in the report. Training on two copies of one photo only re-weights it.
 2. Near-duplicates (64-bit perceptual hash, of the image or of its mirror, within
-   ``split.near_duplicate_threshold`` bits) are joined into groups, and a group always lands in one split.
+   ``split.near_duplicate_threshold`` bits: :mod:`cvpipe.imaging.hashes`, the rule the audit checks by) are
+   joined into groups, and a group always lands in one split.
    A group whose images carry different labels is left out of every split and listed in the report.
 3. Per class, groups are shuffled with a generator seeded by ``(split.seed, class index)`` and dealt to the
    split with the most room left that can take the whole group, until each split has its count.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,83 +26,48 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from cvpipe.config import SPLITS, SplitConfig
+from cvpipe import layout
+from cvpipe.config import SPLITS, Params, SplitConfig
 from cvpipe.errors import DataError
+from cvpipe.imaging.hashes import connected_groups, describe, hex_to_uint64, near_duplicate_pairs
 from cvpipe.io import sha256_file, system_memory_pool, write_json_atomic, write_parquet
 
 log = logging.getLogger(__name__)
 
-SPLITS_NAME = "splits.parquet"
-REPORT_NAME = "report.json"
-# Hash comparisons made at once: a block of rows is compared with the N hashes after it, so each temporary
-# (the uint64 XOR, 8 bytes an element) stays at ~8 MiB whatever N is. A fixed row count (1,024 x N) was
-# 200 MB at N = 25,000: the stage's memory then grew with the dataset.
-_BLOCK_ELEMENTS = 1 << 20
 # What the split reads of the manifest; the rest (sizes, modes, reasons) would only take memory.
 MANIFEST_COLUMNS = ("member", "label", "label_index", "sha256", "phash", "phash_flip", "status")
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    """What the split did: images per split and class, and how many near-duplicate groups it kept together."""
+
+    counts: dict[str, dict[str, int]]
+    near_duplicate_groups: int
+
+
+@dataclass(frozen=True)
+class SplitPaths:
+    """What the split stage reads and where it writes (defaults: :mod:`cvpipe.layout`)."""
+
+    manifest: Path = layout.MANIFEST
+    out: Path = layout.SPLITS_DIR
+
+    @property
+    def splits(self) -> Path:
+        """The split table, ``<out>/splits.parquet``."""
+        return Path(self.out) / layout.SPLITS_NAME
+
+    @property
+    def report(self) -> Path:
+        """The split report, ``<out>/report.json``."""
+        return Path(self.out) / layout.REPORT_NAME
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
     """The manifest's columns that the split uses (:data:`MANIFEST_COLUMNS`), read without threads."""
     table = pq.read_table(path, columns=list(MANIFEST_COLUMNS), use_threads=False)
     return table.to_pandas(use_threads=False)
-
-
-def hex_to_uint64(hashes: Sequence[str]) -> np.ndarray:
-    """Parse 16-hex-digit perceptual hashes into a uint64 array."""
-    return np.array([int(value, 16) for value in hashes], dtype=np.uint64)
-
-
-def close_hash_pairs(
-    hashes: np.ndarray, flipped: np.ndarray, threshold: int
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield, block by block, the pairs ``i < j`` within ``threshold`` bits, image to image or through a mirror.
-
-    The mirror is tried both ways (``flipped[i]`` against ``hashes[j]`` and ``hashes[i]`` against
-    ``flipped[j]``): the hash of a mirror is only approximately symmetric. Only the upper triangle is computed,
-    in blocks of about ``_BLOCK_ELEMENTS`` comparisons, so memory stays flat whatever N is; pairs come out
-    sorted by ``(i, j)``. The split stage and the audit both use this, so they agree on what is close.
-
-    Yields:
-        ``(i, j, direct, mirror)``: index arrays and, per pair, the direct and the smaller mirror distance.
-    """
-    count = len(hashes)
-    rows_per_block = max(1, _BLOCK_ELEMENTS // max(count, 1))
-    for start in range(0, count, rows_per_block):
-        stop = min(start + rows_per_block, count)
-        # Columns start at ``start`` too: block row r is image start + r, column c is image start + c.
-        direct = np.bitwise_count(hashes[start:stop, None] ^ hashes[None, start:])
-        mirror = np.minimum(
-            np.bitwise_count(flipped[start:stop, None] ^ hashes[None, start:]),
-            np.bitwise_count(hashes[start:stop, None] ^ flipped[None, start:]),
-        )
-        rows, cols = np.nonzero(np.minimum(direct, mirror) <= threshold)
-        upper = rows < cols
-        rows, cols = rows[upper], cols[upper]
-        yield rows + start, cols + start, direct[rows, cols], mirror[rows, cols]
-
-
-def near_duplicate_pairs(hashes: np.ndarray, flipped: np.ndarray, threshold: int) -> np.ndarray:
-    """Index pairs ``(i, j), i < j``, sorted, whose images are close (:func:`close_hash_pairs`)."""
-    found = [np.stack([i, j], axis=1) for i, j, _, _ in close_hash_pairs(hashes, flipped, threshold)]
-    return np.concatenate(found).astype(np.int64, copy=False) if found else np.empty((0, 2), dtype=np.int64)
-
-
-def connected_groups(count: int, pairs: np.ndarray) -> np.ndarray:
-    """Label each of ``count`` items with the smallest index of its connected component."""
-    parent = np.arange(count)
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in pairs:
-        a, b = root(int(i)), root(int(j))
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-    return np.array([root(i) for i in range(count)])
 
 
 @dataclass(frozen=True)
@@ -219,17 +185,25 @@ def split_counts(table: pd.DataFrame) -> dict[str, dict[str, int]]:
     return {name: {str(k): int(v) for k, v in counts[name].items()} for name in SPLITS if name in counts}
 
 
-def run_split(manifest_path: Path, out_dir: Path, cfg: SplitConfig, classes: Sequence[str]) -> dict[str, Any]:
-    """The split stage: write ``splits.parquet`` and ``report.json`` into ``out_dir``.
+def run(
+    params: Params, paths: SplitPaths = SplitPaths(), progress: Callable[[int], None] | None = None
+) -> SplitSummary:
+    """The split stage: write the split table and its report (``paths.splits``, ``paths.report``).
+
+    Args:
+        params: the pipeline's params; the stage reads ``data.classes`` and ``split.*``.
+        paths: the manifest to read and the folder to write.
+        progress: unused (the split takes seconds); accepted as every stage's ``run`` does.
 
     Raises:
         DataError: too few images for the requested counts, or the split fails validation.
     """
     from cvpipe.schemas import validate_split
 
+    cfg = params.split
     # The system allocator: mimalloc kept ~30 MB more resident at 25,000 rows (see system_memory_pool).
     with system_memory_pool():
-        table, groups = make_splits(read_manifest(manifest_path), cfg, classes)
+        table, groups = make_splits(read_manifest(paths.manifest), cfg, params.data.classes)
         failures = validate_split(table)
     counts = split_counts(table)
     report = {
@@ -239,19 +213,18 @@ def run_split(manifest_path: Path, out_dir: Path, cfg: SplitConfig, classes: Seq
             "per_class": cfg.per_class.model_dump() if cfg.per_class else None,
             "fractions": cfg.fractions.model_dump() if cfg.fractions else None,
             "near_duplicate_threshold": cfg.near_duplicate_threshold,
-            "hash": "imagehash.phash 64-bit, also of the mirrored image",
+            "hash": describe("phash"),
         },
-        "manifest_sha256": sha256_file(manifest_path),
+        "manifest_sha256": sha256_file(paths.manifest),
         "exact_duplicates": groups.exact_duplicates,
         "near_duplicate_groups": groups.near_duplicate_groups,
         "label_conflicts": groups.label_conflicts,
         "unused_unique_images": int(len(groups.images) - len(table)),
         "schema_failures": failures,
     }
-    out_dir = Path(out_dir)
-    write_json_atomic(out_dir / REPORT_NAME, report)
+    write_json_atomic(paths.report, report)
     if failures:
-        raise DataError(f"split failed validation with {len(failures)} problem(s); see {out_dir / REPORT_NAME}")
-    write_parquet(table, out_dir / SPLITS_NAME)
+        raise DataError(f"split failed validation with {len(failures)} problem(s); see {paths.report}")
+    write_parquet(table, paths.splits)
     log.info("split: %s", counts)
-    return {"counts": counts, "near_duplicate_groups": len(groups.near_duplicate_groups)}
+    return SplitSummary(counts=counts, near_duplicate_groups=len(groups.near_duplicate_groups))

@@ -17,10 +17,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cvpipe.config import IngestConfig, SplitConfig, SplitCounts
+from cvpipe.config import IngestConfig, Params, SplitConfig, SplitCounts
 from cvpipe.errors import DataError
-from cvpipe.stages.ingest import build_manifest, run_ingest
-from cvpipe.stages.split import run_split
+from cvpipe.stages import ingest as ingest_module
+from cvpipe.stages import split as split_module
+from cvpipe.stages.ingest import IngestPaths, build_manifest
+from cvpipe.stages.split import SplitPaths
 from tests.conftest import image_bytes, jpeg_bytes, write_zip
 
 CLASSES = ["cat", "dog"]
@@ -87,12 +89,14 @@ def test_empty_archive_says_so_in_one_line(tmp_path: Path) -> None:
     with zipfile.ZipFile(empty, "w"):
         pass
     with pytest.raises(DataError, match="no usable image among 0 members"):
-        run_ingest(empty, tmp_path / "out", IngestConfig(workers=1), "filename", CLASSES)
+        ingest_module.run(Params(ingest=IngestConfig(workers=1)), IngestPaths(empty, tmp_path / "out"))
 
 
 def test_data_of_one_class_only_names_the_missing_class(tmp_path: Path) -> None:
     members = {f"train/cat.{n}.jpg": jpeg_bytes(n) for n in range(12)}
-    run_ingest(write_zip(tmp_path / "a.zip", members), tmp_path / "m", IngestConfig(workers=1), "filename", CLASSES)
+    ingest_module.run(
+        Params(ingest=IngestConfig(workers=1)), IngestPaths(write_zip(tmp_path / "a.zip", members), tmp_path / "m")
+    )
     counts = SplitConfig(per_class=SplitCounts(train=4, val=2, test=2))
     with pytest.raises(DataError, match="class 'dog' has 0 usable unique images but the split asks for 8"):
-        run_split(tmp_path / "m/images.parquet", tmp_path / "s", counts, CLASSES)
+        split_module.run(Params(split=counts), SplitPaths(tmp_path / "m/images.parquet", tmp_path / "s"))

@@ -1,14 +1,15 @@
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from cvpipe.config import DataConfig
+from cvpipe.config import DataConfig, Params
 from cvpipe.errors import SourceError
 from cvpipe.sources.local import fetch_local
-from cvpipe.stages.download import fetch
+from cvpipe.stages import download
 from tests.conftest import jpeg_bytes, write_zip
 
 
@@ -37,10 +38,10 @@ def test_kaggle_style_download_yields_inner_train_zip(tmp_path: Path) -> None:
 def test_plain_zip_is_copied_and_source_record_written(tmp_path: Path) -> None:
     archive = write_zip(tmp_path / "mine.zip", {"train/cat.0.jpg": jpeg_bytes(0)})
     cfg = DataConfig(source="local", path=archive)
-    record = fetch(cfg, tmp_path / "raw", tmp_path / "staging")
+    summary = download.run(Params(data=cfg), download.DownloadPaths(tmp_path / "raw", tmp_path / "staging"))
     assert (tmp_path / "raw/images.zip").read_bytes() == archive.read_bytes()
-    assert record["source"] == "local" and len(record["archive"]["sha256"]) == 64
-    assert (tmp_path / "raw/SOURCE.json").exists()
+    assert summary.source == "local" and len(summary.archive["sha256"]) == 64
+    assert json.loads((tmp_path / "raw/SOURCE.json").read_text()) == summary.record()
 
 
 @pytest.mark.parametrize("kind", ["missing", "not_zip", "empty_folder"])

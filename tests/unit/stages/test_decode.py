@@ -10,15 +10,17 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cvpipe.config import ImageConfig, IngestConfig, SplitConfig, SplitCounts
+from cvpipe.config import ImageConfig, IngestConfig, Params, SplitConfig, SplitCounts
 from cvpipe.errors import DataError
 from cvpipe.imaging import images as images_module
 from cvpipe.imaging.images import load_rgb
 from cvpipe.parallel import map_chunks
 from cvpipe.stages import decode as decode_module
-from cvpipe.stages.decode import decode_split, run_decode
-from cvpipe.stages.ingest import run_ingest
-from cvpipe.stages.split import run_split
+from cvpipe.stages import ingest as ingest_module
+from cvpipe.stages import split as split_module
+from cvpipe.stages.decode import DecodePaths, decode_split
+from cvpipe.stages.ingest import IngestPaths
+from cvpipe.stages.split import SplitPaths
 from tests.conftest import image_bytes, jpeg_bytes
 
 CLASSES = ["cat", "dog"]
@@ -28,15 +30,17 @@ CLASSES = ["cat", "dog"]
 def splits(synthetic_archive, tmp_path_factory) -> tuple[Path, Path]:
     archive, _ = synthetic_archive
     work = tmp_path_factory.mktemp("decode")
-    run_ingest(archive, work / "manifest", IngestConfig(), "filename", CLASSES)
+    ingest_module.run(Params(ingest=IngestConfig()), IngestPaths(archive, work / "manifest"))
     split_cfg = SplitConfig(per_class=SplitCounts(train=20, val=8, test=10))
-    run_split(work / "manifest/images.parquet", work / "splits", split_cfg, CLASSES)
+    split_module.run(Params(split=split_cfg), SplitPaths(work / "manifest/images.parquet", work / "splits"))
     return archive, work / "splits/splits.parquet"
 
 
 def test_cache_shapes_order_and_labels(splits, tmp_path: Path) -> None:
     archive, table_path = splits
-    summary = run_decode(archive, table_path, tmp_path, ImageConfig(size=32, workers=2))
+    summary = decode_module.run(
+        Params(image=ImageConfig(size=32, workers=2)), DecodePaths(archive, table_path, tmp_path)
+    )
     table = pd.read_parquet(table_path)
     for name, count in (("train", 40), ("val", 16), ("test", 20)):
         images = np.load(tmp_path / f"{name}.npy", mmap_mode="r")
@@ -52,15 +56,15 @@ def test_cache_shapes_order_and_labels(splits, tmp_path: Path) -> None:
             last = load_rgb(zf.read(rows["member"].iloc[-1]), 32)
         np.testing.assert_array_equal(images[0], first)
         np.testing.assert_array_equal(images[-1], last)
-    assert summary["splits"]["train"]["shape"] == [40, 32, 32, 3]
+    assert summary.splits["train"]["shape"] == [40, 32, 32, 3]
     assert json.loads((tmp_path / "images.json").read_text())["size"] == 32
     assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_one_and_two_workers_give_identical_bytes(splits, tmp_path: Path) -> None:
     archive, table_path = splits
-    run_decode(archive, table_path, tmp_path / "one", ImageConfig(size=40, workers=1))
-    run_decode(archive, table_path, tmp_path / "two", ImageConfig(size=40, workers=2))
+    decode_module.run(Params(image=ImageConfig(size=40, workers=1)), DecodePaths(archive, table_path, tmp_path / "one"))
+    decode_module.run(Params(image=ImageConfig(size=40, workers=2)), DecodePaths(archive, table_path, tmp_path / "two"))
     for name in ("train.npy", "val.npy", "test.npy", "train_labels.npy", "images.json"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
 
@@ -183,7 +187,9 @@ def test_undecodable_jpeg_raises_as_before() -> None:
 
 def test_chunks_are_bounded_and_change_nothing(splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     archive, table_path = splits
-    run_decode(archive, table_path, tmp_path / "whole", ImageConfig(size=32, workers=2))
+    decode_module.run(
+        Params(image=ImageConfig(size=32, workers=2)), DecodePaths(archive, table_path, tmp_path / "whole")
+    )
     seen: list[int] = []
     original = decode_module._decode_rows
 
@@ -193,7 +199,9 @@ def test_chunks_are_bounded_and_change_nothing(splits, tmp_path: Path, monkeypat
 
     monkeypatch.setattr(decode_module, "_CHUNK_BYTES", 7 * 32 * 32 * 3)  # 7 rows
     monkeypatch.setattr(decode_module, "_decode_rows", spy)
-    run_decode(archive, table_path, tmp_path / "chunked", ImageConfig(size=32, workers=1))
+    decode_module.run(
+        Params(image=ImageConfig(size=32, workers=1)), DecodePaths(archive, table_path, tmp_path / "chunked")
+    )
     assert max(seen) <= 7 and sum(seen) == 76
     for name in ("train.npy", "val.npy", "test.npy"):
         assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "chunked" / name).read_bytes()

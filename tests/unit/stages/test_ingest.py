@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cvpipe.config import IngestConfig
+from cvpipe.config import IngestConfig, Params
 from cvpipe.errors import DataError, SourceError
 from cvpipe.imaging import archive as archive_module
 from cvpipe.io import write_parquet
 from cvpipe.stages import ingest as ingest_module
-from cvpipe.stages.ingest import build_manifest, label_of, run_ingest
+from cvpipe.stages.ingest import IngestPaths, build_manifest, label_of
 from tests.conftest import FIXED_TIME, image_bytes, jpeg_bytes
 
 CLASSES = ["cat", "dog"]
@@ -206,19 +206,19 @@ def test_parallel_manifest_equals_serial(synthetic_archive) -> None:
 
 def test_run_ingest_writes_byte_identical_outputs(synthetic_archive, tmp_path: Path) -> None:
     path, provenance = synthetic_archive
-    first = run_ingest(path, tmp_path / "a", IngestConfig(workers=2), "filename", CLASSES)
-    run_ingest(path, tmp_path / "b", IngestConfig(workers=1), "filename", CLASSES)
+    first = ingest_module.run(Params(ingest=IngestConfig(workers=2)), IngestPaths(path, tmp_path / "a"))
+    ingest_module.run(Params(ingest=IngestConfig(workers=1)), IngestPaths(path, tmp_path / "b"))
     assert (tmp_path / "a/images.parquet").read_bytes() == (tmp_path / "b/images.parquet").read_bytes()
     assert (tmp_path / "a/report.json").read_bytes() == (tmp_path / "b/report.json").read_bytes()
     corrupt = {member for member, _ in provenance["planted"]["corrupt"]}
     report = json.loads((tmp_path / "a/report.json").read_text())
     assert {row["member"] for row in report["quarantine"]} == corrupt
-    assert first["quarantined"] == len(corrupt) and first["ok"] == first["members"] - len(corrupt)
+    assert first.quarantined == len(corrupt) and first.ok == first.members - len(corrupt)
 
 
 def test_archive_without_usable_images_fails_and_writes_no_manifest(make_zip, tmp_path: Path) -> None:
     archive = make_zip({"train/cat.0.jpg": b"", "notes.txt": b"hello"})
     with pytest.raises(DataError, match="no usable image among 2 members"):
-        run_ingest(archive, tmp_path / "out", IngestConfig(workers=1), "filename", CLASSES)
+        ingest_module.run(Params(ingest=IngestConfig(workers=1)), IngestPaths(archive, tmp_path / "out"))
     assert not (tmp_path / "out/images.parquet").exists()
     assert (tmp_path / "out/report.json").exists()

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from pathlib import Path
 
@@ -9,11 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cvpipe.config import IngestConfig, SplitConfig, SplitCounts, SplitFractions
+from cvpipe.config import IngestConfig, Params, SplitConfig, SplitCounts, SplitFractions
 from cvpipe.errors import DataError
+from cvpipe.stages import ingest as ingest_module
 from cvpipe.stages import split as split_module
-from cvpipe.stages.ingest import run_ingest
-from cvpipe.stages.split import connected_groups, make_splits, near_duplicate_pairs, run_split
+from cvpipe.stages.ingest import IngestPaths
+from cvpipe.stages.split import SplitPaths, make_splits
 
 CLASSES = ["cat", "dog"]
 
@@ -52,45 +52,6 @@ def manifest_with(count_per_class: int, seed: int = 0) -> pd.DataFrame:
 def cfg(train: int = 6, val: int = 2, test: int = 2, seed: int = 1, threshold: int = 10) -> SplitConfig:
     counts = SplitCounts(train=train, val=val, test=test)
     return SplitConfig(seed=seed, per_class=counts, near_duplicate_threshold=threshold)
-
-
-def test_near_duplicate_pairs_match_brute_force() -> None:
-    rng = np.random.default_rng(0)
-    hashes = rng.integers(0, 2**63, size=300, dtype=np.int64).astype(np.uint64)
-    hashes[7] = hashes[3] ^ np.uint64(0b1011)  # 3 bits away
-    flipped = rng.integers(0, 2**63, size=300, dtype=np.int64).astype(np.uint64)
-    flipped[10] = hashes[200]  # 10's mirror equals 200
-    pairs = {tuple(p) for p in near_duplicate_pairs(hashes, flipped, threshold=8).tolist()}
-
-    def dist(a: np.uint64, b: np.uint64) -> int:
-        return bin(int(a) ^ int(b)).count("1")
-
-    expected = {
-        (i, j)
-        for i, j in itertools.combinations(range(300), 2)
-        if dist(hashes[i], hashes[j]) <= 8 or dist(flipped[i], hashes[j]) <= 8 or dist(flipped[j], hashes[i]) <= 8
-    }
-    assert (3, 7) in pairs and (10, 200) in pairs
-    assert pairs == expected
-
-
-@pytest.mark.parametrize("budget", [1, 7, 300, 10_000])
-def test_near_duplicate_pairs_do_not_depend_on_the_block_size(budget: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    rng = np.random.default_rng(1)
-    hashes = rng.integers(0, 2**63, size=120, dtype=np.int64).astype(np.uint64)
-    hashes[60:] = hashes[:60] ^ rng.integers(0, 8, size=60).astype(np.uint64)  # a partner 0-3 bits away
-    flipped = np.roll(hashes, 7)
-    expected = near_duplicate_pairs(hashes, flipped, threshold=4)
-    monkeypatch.setattr(split_module, "_BLOCK_ELEMENTS", budget)  # 1: one row per block; 10,000: one block
-    pairs = near_duplicate_pairs(hashes, flipped, threshold=4)
-    assert len(expected) >= 60 and pairs.dtype == np.int64
-    np.testing.assert_array_equal(pairs, expected)
-    assert pairs.tolist() == sorted(pairs.tolist())
-
-
-def test_connected_groups_are_transitive() -> None:
-    roots = connected_groups(6, np.array([[4, 5], [1, 2], [2, 5]]))
-    assert roots.tolist() == [0, 1, 1, 3, 1, 1]
 
 
 def test_stratified_counts_and_determinism() -> None:
@@ -148,11 +109,11 @@ def test_fractions() -> None:
 
 def test_run_split_on_real_manifest(synthetic_archive, tmp_path: Path) -> None:
     archive, provenance = synthetic_archive
-    run_ingest(archive, tmp_path / "manifest", IngestConfig(), "filename", CLASSES)
+    ingest_module.run(Params(ingest=IngestConfig()), IngestPaths(archive, tmp_path / "manifest"))
     manifest_path = tmp_path / "manifest/images.parquet"
     split_cfg = cfg(train=30, val=10, test=15)
-    run_split(manifest_path, tmp_path / "a", split_cfg, CLASSES)
-    run_split(manifest_path, tmp_path / "b", split_cfg, CLASSES)
+    split_module.run(Params(split=split_cfg), SplitPaths(manifest_path, tmp_path / "a"))
+    split_module.run(Params(split=split_cfg), SplitPaths(manifest_path, tmp_path / "b"))
     assert (tmp_path / "a/splits.parquet").read_bytes() == (tmp_path / "b/splits.parquet").read_bytes()
     report = json.loads((tmp_path / "a/report.json").read_text())
     table = pd.read_parquet(tmp_path / "a/splits.parquet")
