@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from bench import common, dag_scale, decode_speed, epoch_input, features_speed, run_all
-from cvpipe.config import ImageConfig, parse_params
-from cvpipe.stages.decode import run_decode
+from cvpipe.config import ImageConfig, Params, parse_params
+from cvpipe.stages import decode as decode_module
+from cvpipe.stages.decode import DecodePaths
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -139,7 +140,7 @@ def test_all_images_split_feeds_the_decode_stage(tmp_path: Path) -> None:
     table_path = dag_scale.all_images_split(archive, tmp_path / "splits.parquet")
     table = pd.read_parquet(table_path)
     assert sorted(table["split"].unique()) == ["test", "train", "val"] and len(table) == 30
-    run_decode(archive, table_path, tmp_path / "out", ImageConfig(size=32, workers=1))
+    decode_module.run(Params(image=ImageConfig(size=32, workers=1)), DecodePaths(archive, table_path, tmp_path / "out"))
     assert np.load(tmp_path / "out" / "train.npy").shape == (24, 32, 32, 3)
     val = table[table["split"] == "val"].sort_values("row")
     expected = [int(Path(member).name.startswith("dog.")) for member in val["member"]]
