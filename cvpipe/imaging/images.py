@@ -20,11 +20,8 @@ the same scale, straight into a NumPy array; everything else (other formats, CMY
 simplejpeg refuses) goes through Pillow. Both give identical pixels for a JPEG that either can decode
 (tested), so the choice never changes the cache.
 
-History: until the performance issue the squash was Pillow's antialiased BILINEAR. On 300-500 px JPEGs it
-cost more than the decode itself (~1 ms an image against ~0.6 ms) and made the decode stage slower than the
-seed's ``image_dataset_from_directory``; bilinear after the DCT downscale is within 0.2 grey levels of it in
-mean error against a full-decode Lanczos reference (1.38 against 1.21; the seed's full-decode
-non-antialiased resize: 1.71) at 5-6x less resize time. ``docs/performance.md`` has the figures.
+Why bilinear after the DCT downscale and not an antialiased resize: nearly the same pixels for a fraction of
+the time (the measurements are in ``docs/performance.md``, "Where the stages' designs come from").
 """
 
 from __future__ import annotations

@@ -2,15 +2,15 @@
 
 Images are read straight from the raw archive in the split table's order and decoded in a process pool
 (:func:`cvpipe.imaging.images.load_rgb`: one resize policy). The archive's central directory is parsed once per split
-by :func:`cvpipe.imaging.archive.locate_members`, into a table stored by column (NumPy offsets, sizes and CRCs;
-~64 bytes a member besides its name); workers are sent row ranges of it and read their members with
-positioned reads (CRC checked), rather than every chunk parsing the directory again (25,000 entries: ~30 MB
-of ``ZipInfo`` and ~0.1 s each time). Each worker decodes a contiguous range of rows into a buffer of at
-most ``_CHUNK_BYTES`` and writes it with one positioned write into the output file, which is renamed into
-place only once every row is written. Writing through the file rather than a memory map keeps each
-process's resident memory flat however many images a split has (dirty pages of a shared mapping count as
-the writer's resident memory until it is unmapped). Labels go to ``<split>_labels.npy`` (int32) in the same
-order. Training then reads these arrays instead of re-decoding JPEGs every epoch.
+by :func:`cvpipe.imaging.archive.locate_members`, into a table stored by column (NumPy offsets, sizes and CRCs);
+workers are sent row ranges of it and read their members with positioned reads (CRC checked), rather than every
+chunk parsing the directory again into ``ZipInfo`` objects. Each worker decodes a contiguous range of rows into a
+buffer of at most ``_CHUNK_BYTES`` and writes it with one positioned write into the output file, which is renamed
+into place only once every row is written. Writing through the file rather than a memory map keeps each process's
+resident memory flat however many images a split has (dirty pages of a shared mapping count as the writer's
+resident memory until it is unmapped). Labels go to ``<split>_labels.npy`` (int32) in the same order. Training then
+reads these arrays instead of re-decoding JPEGs every epoch. The memory figures behind these choices are in
+``docs/performance.md``.
 
 What the main process holds grows with the number of images, so it is kept small: the split table is read
 with the system allocator into Arrow columns (one string buffer, not a Python string per member) and a
@@ -209,10 +209,9 @@ def count_images(splits_path: Path) -> int:
 def read_splits(splits_path: Path) -> dict[str, tuple[pa.ChunkedArray, np.ndarray]]:
     """Read the split table as, per split, its member names (Arrow strings) and int32 label indices in row order.
 
-    Arrow columns from the system allocator, without threads, pandas or Python objects per row: Python
-    lists of every member and label, and the sort keys that ordered them, grew the stage's resident memory
-    by ~10 MB from 5,000 to 25,000 rows (a Python string is ~70 bytes, an int above 256 is 28); these
-    columns, by ~3 MB. Rows of other splits than :data:`~cvpipe.config.SPLITS` are left out.
+    Arrow columns from the system allocator, without threads, pandas or Python objects per row, so that
+    the stage's resident memory barely grows with the number of rows. Rows of other splits than
+    :data:`~cvpipe.config.SPLITS` are left out.
     """
     with system_memory_pool():
         table = pq.read_table(splits_path, columns=["split", "row", "member", "label_index"], use_threads=False)
@@ -232,8 +231,7 @@ def run(
     One pool of workers serves every split. It is started before the split table is read, so the workers
     (forked) do not carry a copy of it: their memory does not depend on how many images there are. A caller
     that wants the number of images first (a progress bar) should use :func:`count_images`: whatever reading
-    the table leaves resident in the caller is inherited by every worker (~8 MB each at 25,000 rows read
-    with pandas).
+    the table leaves resident in the caller is inherited by every worker.
 
     Args:
         params: the pipeline's params; the stage reads ``image.*``.

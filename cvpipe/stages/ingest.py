@@ -9,7 +9,7 @@ manifest.
 
 The archive's central directory is parsed once (:func:`cvpipe.imaging.archive.scan_archive`) and each worker reads
 its members by offset (:func:`cvpipe.imaging.archive.read_member`), rather than every chunk opening a
-``zipfile.ZipFile`` (a ~700-byte ``ZipInfo`` per entry: ~17 MB and ~0.1 s at 25,000 entries, each time).
+``zipfile.ZipFile``, whose listing costs memory and time per entry each time (figures: ``docs/performance.md``).
 Whatever is not an ordinary stored or deflated member is still read, and judged, by :mod:`zipfile` itself.
 The pool is started before the archive is listed, so that its (forked) workers do not carry the listing.
 """
@@ -253,8 +253,8 @@ def _judge(
 ) -> list[pa.RecordBatch]:
     """Judge ``members`` batch by batch; return their manifest rows as Arrow record batches.
 
-    A row as Python objects takes ~700 bytes (17 MB at 25,000 members); each batch is turned into Arrow
-    columns (~200 bytes a row) as it comes back, so the main process holds at most one batch of rows.
+    Each batch is turned into Arrow columns (a few times smaller than rows as Python objects) as it comes
+    back, so the main process holds at most one batch of rows.
     Batches are of even size, so that none is small enough for :func:`map_chunks` to run it in-process.
     """
     batches = []
