@@ -92,3 +92,22 @@ def plots_dir(variant: str) -> Path:
 def lineage_dir(stage: str) -> Path:
     """A stage's lineage folder (record + events): ``reports/lineage/<stage>`` (``train@scratch``)."""
     return LINEAGE_DIR / stage
+
+
+# -- files the CLI reads, and the demo's scratch copy (CLI defaults) -------------------------------------------
+PROJECT_DIR = Path(".")
+PARAMS_FILE = Path("params.yaml")
+DEMO_PARAMS = Path("params.demo.yaml")  # the overlay `cvpipe demo` merges over params.yaml
+DEMO_DIR = Path("demo")
+# dvclive's per-step metrics (one .tsv per metric) inside a variant's train folder: `dvc plots show` reads them.
+LIVE_PLOTS = Path(LIVE_DIR_NAME) / "plots" / "metrics"
+
+
+def cache_dir(inputs: str) -> Path:
+    """The cache a variant reads (``cvpipe.ml.variants.Variant.inputs``): ``images`` or ``features``."""
+    return {"images": IMAGES_CACHE, "features": FEATURES_CACHE}[inputs]
+
+
+def live_plots_dir(variant: str) -> Path:
+    """A variant's training curves as dvclive writes them: ``reports/train/<variant>/live/plots/metrics``."""
+    return train_dir(variant) / LIVE_PLOTS
