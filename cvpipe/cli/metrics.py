@@ -7,14 +7,15 @@ from typing import Annotated
 
 import typer
 
+from cvpipe import layout
 from cvpipe.cli.core import app
 
 
 @app.command("metrics")
 def metrics_command(
-    folder: Annotated[Path, typer.Option("--dir", help="Folder of <variant>.json metrics.")] = Path("reports/metrics"),
+    folder: Annotated[Path, typer.Option("--dir", help="Folder of <variant>.json metrics.")] = layout.METRICS_DIR,
 ) -> None:
     """Print the variants' test metrics next to the seed's figures (Markdown)."""
-    from cvpipe.report.html import metrics_table
+    from cvpipe.report.sections import metrics_table
 
     typer.echo(metrics_table(folder))

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cvpipe.report.html import image_grid
+from cvpipe.report.sections import metrics_table
+
+
+def _write(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload))
+
+
+@pytest.fixture
+def outputs(tmp_path: Path) -> Path:
+    return write_outputs(tmp_path)
+
+
+def write_outputs(tmp_path: Path) -> Path:
+    """A project folder with what the stages write, small and made up."""
+    for name, accuracy in (("scratch", 0.61), ("fine_tuning", 0.9345678)):
+        _write(
+            tmp_path / f"reports/metrics/{name}.json",
+            {"accuracy": accuracy, "loss": 0.5, "roc_auc": 0.7, "n_samples": 20, "f1_macro": 0.6},
+        )
+        _write(
+            tmp_path / f"reports/plots/{name}/confusion_matrix.json",
+            {"labels": ["cat", "dog"], "matrix": [[7, 3], [2, 8]]},
+        )
+        (tmp_path / f"reports/plots/{name}/roc.csv").write_text("fpr,tpr,threshold\n0,0,inf\n0.2,0.7,0.6\n1,1,0.1\n")
+        history = {"loss": [0.7, 0.6], "val_loss": [0.72, 0.65], "accuracy": [0.5, 0.6], "val_accuracy": [0.5, 0.55]}
+        _write(tmp_path / f"reports/train/{name}/history.json", {"history": history})
+    _write(tmp_path / "data/raw/SOURCE.json", {"source": "synthetic", "archive": {"sha256": "ab" * 32, "bytes": 9}})
+    _write(
+        tmp_path / "data/manifest/report.json",
+        {
+            "summary": {"members": 5, "ok": 4, "quarantined": 1, "ok_per_class": {"cat": 2, "dog": 2}},
+            "quarantine": [{"member": "train/cat.9.jpg", "reason": "empty file (0 bytes)"}],
+        },
+    )
+    pd.DataFrame(
+        {
+            "status": ["ok", "ok", "ok", "ok", "quarantined"],
+            "width": [300, 400, 350, 500, 0],
+            "height": [280, 300, 400, 333, 0],
+        }
+    ).to_parquet(tmp_path / "data/manifest/images.parquet")
+    _write(
+        tmp_path / "data/splits/report.json",
+        {
+            "counts": {"train": {"cat": 1, "dog": 1}, "test": {"cat": 1, "dog": 1}},
+            "policy": {"seed": 42},
+            "exact_duplicates": [{"kept": "a", "dropped": ["b"]}],
+            "near_duplicate_groups": [["c", "d"]],
+        },
+    )
+    thumbnail = image_grid([[np.zeros((8, 8, 3), np.uint8)]])
+    (tmp_path / "reports/audit/thumbnails").mkdir(parents=True)
+    (tmp_path / "reports/audit/thumbnails/pair-0001.jpg").write_bytes(thumbnail)
+    pair = {
+        "a": "train/cat.1.jpg",
+        "b": "train/cat.7.jpg",
+        "a_split": "train",
+        "b_split": "train",
+        "distance": 2,
+        "kind": "within_split",
+        "mirrored": False,
+        "thumbnail": "thumbnails/pair-0001.jpg",
+    }
+    summary = {"passed": True, "method": "imagehash.phash", "threshold": 10, "cross_split_pairs": 0}
+    _write(tmp_path / "reports/audit/report.json", {"summary": summary, "pairs": [pair]})
+    record = {
+        "stage": "split",
+        "finished_at": "2025-01-01T00:00:00Z",
+        "seconds": 1.5,
+        "inputs": [],
+        "orchestrator": {"kind": "dvc"},
+        "git": {"commit": "c" * 40, "dirty": True},
+        "outputs": [{"path": "data/splits/splits.parquet", "md5": "d" * 32}],
+    }
+    _write(tmp_path / "reports/lineage/split/record.json", record)
+    return tmp_path
+
+
+def test_metrics_table_lists_the_seed_next_to_each_variant(outputs: Path) -> None:
+    table = metrics_table(outputs / "reports/metrics").splitlines()
+    assert table[2] == "| scratch | 0.610 | 0.500 | 0.700 | 20 | 0.697 |"
+    assert table[3].startswith("| fine_tuning | 0.935 |") and table[3].endswith("| 0.977 |")
