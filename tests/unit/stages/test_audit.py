@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -65,6 +66,7 @@ def test_every_planted_duplicate_is_found_and_none_crosses_splits(staged: dict) 
     assert {tuple(sorted(pair)) for pair in staged["planted"]["near_duplicates"]} <= near
     assert summary.cross_split_pairs == 0 and summary.exact_cross_split == 0 and summary.passed
     assert summary.method.startswith("imagehash.phash") and summary.threshold == 10
+    assert report["summary"] == dataclasses.asdict(summary)  # the typed summary is the report's, field for key
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["near_duplicate_pairs"] == len(report["pairs"]) == summary.near_duplicate_pairs
     thumbnails = json.loads((out / "thumbnails/index.json").read_text())

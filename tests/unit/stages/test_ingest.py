@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import stat
 import zipfile
@@ -214,6 +215,7 @@ def test_run_ingest_writes_byte_identical_outputs(synthetic_archive, tmp_path: P
     report = json.loads((tmp_path / "a/report.json").read_text())
     assert {row["member"] for row in report["quarantine"]} == corrupt
     assert first.quarantined == len(corrupt) and first.ok == first.members - len(corrupt)
+    assert report["summary"] == dataclasses.asdict(first)  # the typed summary is the report's, field for key
 
 
 def test_archive_without_usable_images_fails_and_writes_no_manifest(make_zip, tmp_path: Path) -> None:
