@@ -1,6 +1,6 @@
 """The stage commands dvc.yaml calls: one thin shell per stage around :mod:`cvpipe.stages`.
 
-Every stage runs inside :func:`cvpipe.lineage.record.track_stage`: an OpenLineage START event before it, then
+Every stage runs inside :func:`cvpipe.lineage.track_stage`: an OpenLineage START event before it, then
 its lineage record (``reports/lineage/<stage>/record.json``) and a COMPLETE event, or a FAIL event. The stage
 modules themselves know nothing about lineage.
 """
@@ -16,7 +16,7 @@ import typer
 
 from cvpipe import layout
 from cvpipe.cli.core import ParamsOption, app, progress_bar, read_params
-from cvpipe.lineage.record import track_stage
+from cvpipe.lineage import track_stage
 
 log = logging.getLogger(__name__)
 
@@ -242,21 +242,23 @@ def audit(
 
 @app.command()
 def report(
-    out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("reports/index.html"),
+    out: Annotated[Path, typer.Option(help="The HTML file to write.")] = layout.REPORT_HTML,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Report stage: reports/index.html (metrics vs the seed, curves, data, augmentation, audit, lineage)."""
+    import dataclasses
+
     from cvpipe.lineage.record import project_root
-    from cvpipe.report.html import ReportInputs, build_report
+    from cvpipe.stages import report as stage
 
     cfg = read_params(params)
-    inputs = ReportInputs()
+    paths = stage.ReportPaths(out=out, root=project_root())
     with track_stage(
         "report",
-        inputs=list(inputs.__dict__.values()),
+        inputs=[getattr(paths.inputs, item.name) for item in dataclasses.fields(paths.inputs)],
         outputs=[out],
         params_file=params,
         sections=["report", "audit", "data"],
     ) as run:
-        run.summary = build_report(project_root(), out, cfg.report, inputs, cfg.audit.thumbnails, cfg.data.classes)
+        run.summary = stage.run(cfg, paths)
     typer.echo(f"report: {out}")
