@@ -136,6 +136,7 @@ def test_audit_finds_every_planted_duplicate_and_none_crosses_splits(pipeline: P
     exact = {tuple(sorted(group["members"])) for group in report["exact_duplicates"]}
     assert {tuple(sorted(pair)) for pair in planted["exact_duplicates"]} <= exact
     near = {tuple(sorted((pair["a"], pair["b"]))): pair for pair in report["pairs"]}
+    assert planted["near_duplicates"]
     for pair in planted["near_duplicates"]:
         assert tuple(sorted(pair)) in near, pair
     assert all(pair["kind"] != "cross_split" for pair in report["pairs"])

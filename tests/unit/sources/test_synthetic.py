@@ -228,6 +228,7 @@ def test_planted_originals_are_distinct_and_extras_are_numbered_after_them() -> 
 def test_exact_duplicates_are_byte_identical(archive: tuple[Path, dict]) -> None:
     path, provenance = archive
     members = _members(path)
+    assert provenance["planted"]["exact_duplicates"]
     for original, copy in provenance["planted"]["exact_duplicates"]:
         assert int(copy.split(".")[1]) >= PER_CLASS
         assert members[copy] == members[original]
@@ -236,6 +237,7 @@ def test_exact_duplicates_are_byte_identical(archive: tuple[Path, dict]) -> None
 def test_near_duplicates_are_within_4_bits_but_not_the_same_file(archive: tuple[Path, dict]) -> None:
     path, provenance = archive
     members = _members(path)
+    assert provenance["planted"]["near_duplicates"]
     for original, variant in provenance["planted"]["near_duplicates"]:
         assert members[variant] != members[original]
         assert phash_distance(members[original], members[variant]) <= 4

@@ -118,6 +118,7 @@ def test_run_split_on_real_manifest(synthetic_archive, tmp_path: Path) -> None:
     report = json.loads((tmp_path / "a/report.json").read_text())
     table = pd.read_parquet(tmp_path / "a/splits.parquet")
     manifest = pd.read_parquet(manifest_path).set_index("member")
+    assert provenance["planted"]["exact_duplicates"] and provenance["planted"]["near_duplicates"]
     for original, copy in provenance["planted"]["exact_duplicates"]:
         kept = min(original, copy)
         assert {"kept": kept, "dropped": [max(original, copy)]} in report["exact_duplicates"]
