@@ -28,6 +28,7 @@ TEST_WORKERS ?= 2
 
 test: install chromium
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
