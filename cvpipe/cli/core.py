@@ -29,7 +29,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-log = logging.getLogger("cvpipe")
+# Like every cvpipe module: logging.getLogger(__name__), so all sit under "cvpipe" and the root handler below.
+log = logging.getLogger(__name__)
 
 # Recent typer vendors its own click; catch usage errors from either.
 _USAGE_ERRORS: tuple[type[Exception], ...] = (click.ClickException,)

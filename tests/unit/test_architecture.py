@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,26 @@ def test_ml_code_imports_keras_not_tensorflow_prefect_or_pandera(module: str) ->
             if name in FORBIDDEN and not (dispatch and lazy and name == "tensorflow")
         )
     assert not bad, f"{module} must run under any Keras 3 backend: {bad}"
+
+
+def module_loggers(path: Path) -> list[tuple[int, str]]:
+    """Module-level ``name = logging.getLogger(...)``: (line, the argument's source)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            func = node.value.func
+            if isinstance(func, ast.Attribute) and func.attr == "getLogger" and node.value.args:
+                found.append((node.lineno, ast.unparse(node.value.args[0])))
+    return found
+
+
+def test_every_module_logs_under_its_own_name() -> None:
+    assert any(module_loggers(path) for path in SOURCES)
+    strays = [
+        f"{path.relative_to(ROOT)}:{line} getLogger({arg})"
+        for path in SOURCES
+        for line, arg in module_loggers(path)
+        if arg != "__name__"
+    ]
+    assert not strays, f"a module logs to logging.getLogger(__name__), under the 'cvpipe' tree: {strays}"
