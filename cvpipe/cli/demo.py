@@ -17,6 +17,6 @@ def demo(
     overrides: Annotated[Path, typer.Option(help="Params overlay for the demo.")] = Path("params.demo.yaml"),
 ) -> None:
     """Run the whole DAG offline on the synthetic dataset in a scratch copy (your params.yaml is untouched)."""
-    from cvpipe.pipeline.workspace import run_demo
+    from cvpipe.demo import run_demo
 
     run_demo(project, dest, overrides)

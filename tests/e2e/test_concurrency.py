@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 import yaml
 
-from cvpipe.pipeline.workspace import dvc, run_tool, tool_env
+from cvpipe.pipeline.commands import dvc, run_tool, tool_env
+from cvpipe.pipeline.lock import RUN_LOCK
 from flows.pipeline import DEPLOYMENT_NAME, FLOW_NAME, RUN_RECORD, cvpipe_pipeline
-from tasks.dvc_stages import RUN_LOCK
 from tests.e2e.test_prefect_flow import ROOT, fake_project, flow_run_id
 from tests.support.prefect_server import Api, shared_harness, stop_shared_harness
 
@@ -109,7 +109,7 @@ def test_a_second_dvc_repro_and_a_flow_run_are_refused_while_dvc_repro_runs(
 
         # 3. A `dvc repro` that started between two of a flow run's stages, after the flow's own check: DVC
         # refuses the flow's stage, and the task run's failure names the process to wait for.
-        monkeypatch.setattr("flows.pipeline.dvc_lock_holders", lambda _project: [])
+        monkeypatch.setattr("cvpipe.pipeline.lock.dvc_lock_holders", lambda _project: [])
         state = cvpipe_pipeline(project_dir=str(workspace), return_state=True)
         assert state.is_failed()
         blocked = f"is busy, it is being blocked by: (PID {first.pid}): dvc repro prep"

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from cvpipe.config import VARIANTS
-from cvpipe.pipeline.workspace import dvc, prepare_workspace, run_tool
+from cvpipe.pipeline.commands import dvc, run_tool
+from cvpipe.pipeline.workspace import prepare_workspace
 from tests.e2e.test_dvc_pipeline import ROOT, TINY, repro, set_param
 
 pytestmark = pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cvpipe.pipeline.workspace import dvc, prepare_workspace, run_tool
+from cvpipe.pipeline.commands import dvc, run_tool
+from cvpipe.pipeline.workspace import prepare_workspace
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY: dict[str, Any] = {
@@ -87,3 +89,17 @@ def test_same_inputs_give_byte_identical_outputs(workspace: Path, tmp_path: Path
     repro(twin, "decode")
     for output in DETERMINISTIC_OUTPUTS:
         assert (twin / output).read_bytes() == (workspace / output).read_bytes(), output
+
+
+def test_a_code_change_makes_exactly_the_stages_that_run_it_stale(workspace: Path) -> None:
+    # archive.py decides which bytes ingest and decode read (dvc.yaml lists it for them, not for the others).
+    repro(workspace, "decode")
+    code = workspace / "cvpipe/imaging/archive.py"
+    original = code.read_bytes()
+    code.write_bytes(original + b"\n# a change\n")
+    try:
+        status = json.loads(run_tool(dvc("status", "--json", *DATA_STAGES), workspace).stdout or "{}")
+    finally:
+        code.write_bytes(original)
+    assert set(status) == {"ingest", "decode"}
+    assert repro(workspace, "decode")[0] == set()

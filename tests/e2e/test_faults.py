@@ -55,8 +55,9 @@ from typing import Any
 import pytest
 import yaml
 
-from cvpipe.config import VARIANTS
-from cvpipe.pipeline.workspace import deep_merge, dvc, prepare_workspace, tool_env
+from cvpipe.config import VARIANTS, deep_merge
+from cvpipe.pipeline.commands import dvc, tool_env
+from cvpipe.pipeline.workspace import prepare_workspace
 from tests.e2e.test_dvc_full_dag import TINY_MODELS
 from tests.e2e.test_dvc_pipeline import ROOT
 

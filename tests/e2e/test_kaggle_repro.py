@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cvpipe.pipeline.workspace import dvc, prepare_workspace, run_tool
+from cvpipe.pipeline.commands import dvc, run_tool
+from cvpipe.pipeline.workspace import prepare_workspace
 from tests.conftest import jpeg_bytes, write_zip
 from tests.e2e.test_dvc_pipeline import DATA_STAGES, ROOT
 from tests.e2e.test_secrets import assert_no_secret, assert_no_secret_in_files, secret_forms, write_kaggle_json

@@ -20,7 +20,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from cvpipe.pipeline.workspace import dvc, prepare_workspace, run_tool
+from cvpipe.pipeline.commands import dvc, run_tool
+from cvpipe.pipeline.workspace import prepare_workspace
 from tests.e2e.test_dvc_full_dag import ALL_STAGES, ROOT, TINY_MODELS
 from tests.e2e.test_dvc_pipeline import repro, set_param
 from tests.unit.lineage.test_openlineage import assert_spec_fields

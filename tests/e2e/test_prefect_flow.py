@@ -4,7 +4,7 @@
   ``dvc.lock`` agrees with ``dvc repro``.
 - A small fake DAG (``python stage.py ...`` stages, independent of cvpipe's real stages) for the semantics:
   parallel variants within the GPU bound, a failing variant and a timed-out one leave the others done and the
-  flow failed naming them, downstream stages not run.
+  flow failed naming them, downstream stages not run (Prefect leaves them ``NotReady``).
 - The real download stage against the fake Kaggle on 127.0.0.1: a run that fails (401), then one failing twice
   and retried by Prefect; the Kaggle key (environment and ``kaggle.json``) is in none of their logs, artifacts,
   states, the server's database or the workspace's files.
@@ -29,9 +29,9 @@ import psutil
 import pytest
 import yaml
 
-from cvpipe.pipeline.workspace import dvc, prepare_workspace, run_tool
+from cvpipe.pipeline.commands import dvc, kill_tree, run_tool
+from cvpipe.pipeline.workspace import prepare_workspace
 from flows.pipeline import RUN_RECORD, cvpipe_pipeline
-from tasks.dvc_stages import kill_tree
 from tests.e2e.test_dvc_pipeline import DATA_STAGES, ROOT, TINY
 from tests.e2e.test_secrets import assert_no_secret, assert_no_secret_in_files, kaggle_client_env, secret_forms
 from tests.support.fake_kaggle import FakeKaggle, Reply, competition_archive
@@ -283,7 +283,13 @@ def test_failed_and_timed_out_variants_leave_the_others_done_and_fail_the_flow(
         "train@d": "TimedOut",
         "evaluate@a": "Completed",
         "evaluate@c": "Completed",
+        # Downstream of a failure: Prefect's wait_for left them pending, never run.
+        "evaluate@b": "NotReady",
+        "evaluate@d": "NotReady",
+        "report": "NotReady",
     }
+    assert all(task_runs[stage]["run_count"] == 0 for stage in ("evaluate@b", "evaluate@d", "report"))
+    assert not (workspace / "trace/evaluate_b.start").exists() and not (workspace / "trace/report.start").exists()
     assert task_runs["train@b"]["run_count"] == 1  # no retries outside the download
     # The killed stage is gone, not left running.
     pid = json.loads((workspace / "trace/train_d.start").read_text())["pid"]
@@ -393,7 +399,7 @@ def test_scheduled_runs_from_prefect_yaml_and_serve_complete_with_artifacts(
     worker = procs.pop("worker")
     kill_tree(worker.pid)
     worker.wait(timeout=30)
-    serve = [sys.executable, "-m", "flows.pipeline", "--serve", "--interval", "10", "--name", "served"]
+    serve = [sys.executable, "-m", "cvpipe.cli", "flow", "serve", "--interval", "10", "--name", "served"]
     procs["serve"] = _start("serve", [*serve, "--project-dir", str(workspace)], env, log_dir)
     _assert_run_has_stages_and_artifacts(api, _completed_scheduled_run(api, "served", procs), workspace)
 
@@ -402,7 +408,7 @@ def test_serve_without_a_server_says_what_to_do(tmp_path: Path) -> None:
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT))
     result = subprocess.run(
-        [sys.executable, "-m", "flows.pipeline", "--serve"], cwd=ROOT, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "cvpipe.cli", "flow", "serve"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert result.returncode == 2
     assert "prefect server start" in result.stderr and "PREFECT_API_URL" in result.stderr

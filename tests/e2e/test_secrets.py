@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cvpipe.pipeline.workspace import deep_merge
+from cvpipe.config import deep_merge
 from tests.e2e.test_dvc_pipeline import ROOT
 from tests.support.fake_kaggle import DROP, FakeKaggle, Reply, competition_archive
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from tasks.dvc_stages import kill_tree
+from cvpipe.pipeline.commands import kill_tree
 from tests.support.fake_kaggle import free_port
 
 T = TypeVar("T")

@@ -20,7 +20,7 @@ def test_repository_params_are_valid_and_match_the_seed() -> None:
 
 
 def test_demo_overlay_is_valid() -> None:
-    from cvpipe.pipeline.workspace import deep_merge
+    from cvpipe.config import deep_merge
 
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     overlay = yaml.safe_load((ROOT / "params.demo.yaml").read_text())
