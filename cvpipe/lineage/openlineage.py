@@ -487,7 +487,7 @@ def build_event(run: StageRun, state: RunState, error: BaseException | None = No
         facets["errorMessage"] = error_facet(error)
     return RunEvent(
         eventType=state,
-        eventTime=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+        eventTime=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
         producer=PRODUCER,
         run=Run(runId=run.run_id, facets=facets),
         job=Job(

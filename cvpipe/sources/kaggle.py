@@ -446,8 +446,8 @@ def _retry_after_seconds(response: requests.Response) -> float | None:
     except (TypeError, ValueError):
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, (moment - dt.datetime.now(dt.timezone.utc)).total_seconds())
+        moment = moment.replace(tzinfo=dt.UTC)
+    return max(0.0, (moment - dt.datetime.now(dt.UTC)).total_seconds())
 
 
 def _network_reason(exc: Exception) -> str:
@@ -481,7 +481,7 @@ def _http_date_from_mtime(mtime: float) -> str:
     """The HTTP-date the client stored as the file's mtime (it reads Last-Modified as local time)."""
     # kaggle 2.2 sets the mtime with time.mktime() on the GMT wall time, i.e. shifted by the local UTC offset;
     # reading it back as local wall time and labelling it GMT undoes that shift.
-    wall = dt.datetime.fromtimestamp(mtime).replace(tzinfo=dt.timezone.utc)
+    wall = dt.datetime.fromtimestamp(mtime).replace(tzinfo=dt.UTC)
     return email.utils.format_datetime(wall, usegmt=True)
 
 

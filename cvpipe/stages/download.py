@@ -103,7 +103,7 @@ def run(
     summary = DownloadSummary(
         source=cfg.source,
         archive={"path": layout.ARCHIVE_NAME, "bytes": archive.stat().st_size, "sha256": sha256_file(archive)},
-        retrieved_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        retrieved_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         provenance=provenance,
     )
     write_json_atomic(paths.source, summary.record())

@@ -62,7 +62,7 @@ def render(
     """
     git = git_info(root)
     who = orchestrator()
-    generated = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    generated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     commit = (git.get("commit") or "no commit") + (" (dirty)" if git.get("dirty") else "")
     run_by = f", Prefect flow run {esc(who['flow_run_id'])}" if who.get("flow_run_id") else ""
     subtitle = f"Generated {esc(generated)} from git {esc(commit)}{run_by}."

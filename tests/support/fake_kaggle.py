@@ -43,7 +43,7 @@ from typing import Any
 DOWNLOAD_PATH = "/v1/competitions.CompetitionApiService/DownloadDataFiles"
 INTROSPECT_PATH = "/v1/security.OAuthService/IntrospectToken"
 FILES_PREFIX = "/files/"
-LAST_MODIFIED = dt.datetime(2015, 10, 21, 7, 28, 0, tzinfo=dt.timezone.utc)
+LAST_MODIFIED = dt.datetime(2015, 10, 21, 7, 28, 0, tzinfo=dt.UTC)
 _RANGE = re.compile(r"^bytes=(\d+)-$")
 
 
@@ -87,7 +87,7 @@ class _Script:
 
 def http_date(moment: dt.datetime) -> str:
     """Format ``moment`` as an RFC 1123 HTTP-date, e.g. ``Wed, 21 Oct 2015 07:28:00 GMT``."""
-    return email.utils.format_datetime(moment.astimezone(dt.timezone.utc), usegmt=True)
+    return email.utils.format_datetime(moment.astimezone(dt.UTC), usegmt=True)
 
 
 class _Server(ThreadingHTTPServer):

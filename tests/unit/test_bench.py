@@ -82,7 +82,7 @@ def test_markdown_names_machine_command_and_details(tmp_path: Path, monkeypatch:
     import datetime as dt
 
     monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
-    started = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
+    started = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
     path = common.write_markdown("demo", [_row(details=["a detail"])], "python bench/x.py", started, ["a note"])
     text = path.read_text()
     assert path.name == "demo-2026-11-28.md"
