@@ -16,7 +16,10 @@ import typer
 
 from cvpipe import layout
 from cvpipe.cli.core import ParamsOption, app, progress_bar, read_params
+from cvpipe.errors import ConfigError
 from cvpipe.lineage import track_stage
+from cvpipe.ml.variants import NAMES as VARIANT_NAMES
+from cvpipe.ml.variants import get_variant
 
 log = logging.getLogger(__name__)
 
@@ -109,29 +112,29 @@ def decode(
 
 @app.command()
 def features(
-    images: Annotated[Path, typer.Option(help="The decoded-image cache.")] = Path("data/cache/images"),
-    out: Annotated[Path, typer.Option(help="Output folder (VGG16 feature .npy files).")] = Path("data/cache/vgg16"),
+    images: Annotated[Path, typer.Option(help="The decoded-image cache.")] = layout.IMAGES_CACHE,
+    out: Annotated[Path, typer.Option(help="Output folder (VGG16 feature .npy files).")] = layout.FEATURES_CACHE,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Features stage: one streaming VGG16 conv-base pass per split over the decoded cache."""
-    import numpy as np
-
-    from cvpipe.stages.features import FEATURES_JSON, extract_features
+    from cvpipe.stages import features as stage
 
     cfg = read_params(params)
-    total = sum(len(np.load(path, mmap_mode="r")) for path in Path(images).glob("*_labels.npy"))
+    paths = stage.FeaturesPaths(images=images, out=out)
     with (
         track_stage("features", inputs=[images], outputs=[out], params_file=params, sections=["features"]) as run,
-        progress_bar("features", total) as advance,
+        progress_bar("features", stage.count_images(images)) as advance,
     ):
-        run.summary = extract_features(images, out, cfg.features, progress=advance)
-        # The weights' identity (spec, file, sha256) is what a model's lineage names as its feature extractor.
-        run.summary["weights"] = _json_field(out / FEATURES_JSON, "weights")
+        # The summary carries the weights' identity: what a model's lineage names as its feature extractor.
+        run.summary = stage.run(cfg, paths, advance)
 
 
-VariantArgument = Annotated[
-    str, typer.Argument(help="scratch | scratch_aug | feature_extraction | feature_extraction_aug | fine_tuning")
-]
+def _check_variant(name: str) -> str:
+    """Typer's check of a variant name, from the variants table and before anything imports Keras."""
+    return get_variant(name).name  # ConfigError: one line listing the five (exit 2)
+
+
+VariantArgument = Annotated[str, typer.Argument(help=" | ".join(VARIANT_NAMES), callback=_check_variant)]
 
 
 @app.command()
@@ -140,13 +143,22 @@ def train(
     inputs: Annotated[Path, typer.Option(help="Cache folder: decoded images, or VGG16 features.")],
     model: Annotated[Path, typer.Option(help="The .keras file to write (best epoch by val_loss).")],
     out: Annotated[Path, typer.Option(help="Folder for history and training curves.")],
-    init: Annotated[Path | None, typer.Option(help="Starting model (fine_tuning).")] = None,
+    init: Annotated[
+        Path | None, typer.Option(help="The model to start from: required for fine_tuning (its parent's .keras).")
+    ] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Train stage: fit one variant on the train split, keep the best epoch on val."""
-    from cvpipe.stages.modelling import train_stage
-
+    parent = get_variant(variant).parent
+    if parent and init is None:
+        raise ConfigError(f"{variant} starts from {parent}'s model: pass --init {layout.model_file(parent)}")
+    if init is not None and not parent:
+        raise ConfigError(f"{variant} starts from no trained model: drop --init {init}")
     cfg = read_params(params)
+
+    from cvpipe.stages import train as stage  # imports Keras: after the checks above
+
+    paths = stage.TrainPaths(inputs=inputs, model=model, out=out, init=init)
     with track_stage(
         "train",
         stage=f"train@{variant}",
@@ -155,9 +167,7 @@ def train(
         params_file=params,
         sections=["train", "image", "features", "data"],
     ) as run:
-        run.summary = train_stage(variant, cfg, inputs, model, out, init)
-        if variant == "feature_extraction_aug":
-            run.summary["conv_base"] = _weights_identity(cfg.features.weights)
+        run.summary = stage.run(variant, cfg, paths)
 
 
 @app.command()
@@ -170,39 +180,22 @@ def evaluate(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Evaluate stage: test accuracy, loss, per-class precision/recall/F1, ROC AUC, confusion matrix."""
-    from cvpipe.stages.modelling import LABEL_FILES, SPLIT_FILES, evaluate_stage
-
     cfg = read_params(params)
+
+    from cvpipe.stages import evaluate as stage  # imports Keras: after the params are checked
+
+    paths = stage.EvaluatePaths(inputs=inputs, model=model, metrics=metrics, plots=plots)
     with track_stage(
         "evaluate",
         stage=f"evaluate@{variant}",
-        inputs=[model, inputs / SPLIT_FILES.format(split="test"), inputs / LABEL_FILES.format(split="test")],
+        inputs=[model, layout.split_file(inputs, "test"), layout.labels_file(inputs, "test")],
         outputs=[metrics, plots],
         params_file=params,
         sections=["evaluate", "data"],
     ) as run:
-        result = evaluate_stage(cfg, inputs, model, metrics, plots)
-        run.summary = {key: value for key, value in result.items() if key != "per_class"}
-    log.info("evaluate %s: accuracy %.4f", variant, result["accuracy"])
-
-
-def _json_field(path: Path, key: str) -> object:
-    """One field of a JSON file a stage wrote, for its lineage record; None when it is not there."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get(key)
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _weights_identity(spec: str) -> dict[str, object]:
-    """The VGG16 weights a model was built on: the spec, the file and its sha256 (random weights: none)."""
-    from cvpipe.io import sha256_file
-    from cvpipe.stages.features import resolve_weights
-
-    path = resolve_weights(spec)
-    if path is None:
-        return {"spec": spec, "file": "random (none)"}
-    return {"spec": spec, "file": path.name, "sha256": sha256_file(path)}
+        summary = stage.run(variant, cfg, paths)
+        run.summary = summary
+    log.info("evaluate %s: accuracy %.4f", variant, summary.accuracy)
 
 
 @app.command()

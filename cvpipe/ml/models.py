@@ -1,7 +1,8 @@
 """Model builders for the chapter-8 experiment: no data, no I/O, any Keras 3 backend.
 
 Every builder returns an uncompiled ``keras.Model``; :func:`build_model` picks one by name from
-:data:`MODEL_BUILDERS` and raises :class:`~cvpipe.errors.ConfigError` on an unknown name. The output layer is
+:data:`MODEL_BUILDERS` (the names :mod:`cvpipe.ml.variants` refers to) and raises
+:class:`~cvpipe.errors.ConfigError` on an unknown name. The output layer is
 always float32 (``dtype="float32"``) so probabilities and the loss stay exact under a mixed-precision policy.
 
 Two departures from the walkthrough, on purpose:
@@ -177,7 +178,7 @@ def vgg16_conv_base(input_shape: Sequence[int] = SEED_IMAGE_SHAPE, weights: str 
         input_shape: image shape (side >= 32), channels last.
         weights: ``None`` for random initialisation (tests: never downloads), or what
             ``keras.applications.VGG16`` accepts; resolving ImageNet weights offline is
-            ``cvpipe.stages.features.load_conv_base``'s job.
+            ``cvpipe.ml.weights.load_conv_base``'s job.
     """
     return keras.applications.VGG16(weights=weights, include_top=False, input_shape=_image_shape(input_shape))
 
@@ -201,7 +202,7 @@ def frozen_base_classifier(conv_base: keras.Model, num_classes: int = 2, augment
     the pretrained filters). The input shape is the base's.
 
     Args:
-        conv_base: a VGG16 conv base, e.g. from :func:`vgg16_conv_base` or ``cvpipe.stages.features.load_conv_base``.
+        conv_base: a VGG16 conv base, e.g. from :func:`vgg16_conv_base` or ``cvpipe.ml.weights.load_conv_base``.
         num_classes: number of classes.
         augment: put the augmentation block in front (the seed's "feature_extraction_aug").
     """
@@ -266,9 +267,10 @@ MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {
     "scratch_aug": small_convnet_aug,
     "feature_extraction": dense_head,
     "feature_extraction_aug": frozen_base_classifier,
+    "fine_tuning": prepare_fine_tuning,
 }
-"""Builders by name; ``fine_tuning`` is not here because it starts from a trained model
-(:func:`prepare_fine_tuning`)."""
+"""Builders by name. Most take ``(input_shape, num_classes)``; ``feature_extraction_aug`` takes a conv base and
+``fine_tuning`` the trained model it starts from (see :mod:`cvpipe.ml.variants`)."""
 
 
 def get_builder(name: str) -> Callable[..., keras.Model]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -11,7 +12,8 @@ import keras
 import numpy as np
 import pytest
 
-from cvpipe.config import EvaluateConfig
+from cvpipe import layout
+from cvpipe.config import EvaluateConfig, Params
 from cvpipe.errors import DataError
 from cvpipe.stages import evaluate
 
@@ -71,7 +73,7 @@ def test_binary_metrics_match_hand_computation(tmp_path: Path) -> None:
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert {"accuracy", "loss", "roc_auc", "f1_macro", "n_samples", "per_class"} <= set(written)
     assert "confusion_matrix" not in written  # a list of lists is no metric for `dvc metrics show`
-    confusion = read_csv(tmp_path / "plots" / evaluate.CONFUSION_FILE)
+    confusion = read_csv(tmp_path / "plots" / layout.CONFUSION_NAME)
     assert [(row["actual"], row["predicted"]) for row in confusion] == [
         ("cat", "cat"),
         ("cat", "dog"),
@@ -80,7 +82,7 @@ def test_binary_metrics_match_hand_computation(tmp_path: Path) -> None:
         ("dog", "dog"),
         ("cat", "cat"),
     ]
-    matrix = json.loads((tmp_path / "plots" / evaluate.CONFUSION_MATRIX_FILE).read_text())
+    matrix = json.loads((tmp_path / "plots" / layout.CONFUSION_MATRIX_NAME).read_text())
     assert matrix == {"labels": ["cat", "dog"], "matrix": [[2, 1], [1, 2]]}
 
 
@@ -95,7 +97,7 @@ def test_binary_roc_points(tmp_path: Path) -> None:
         tmp_path / "metrics.json",
         tmp_path / "plots",
     )
-    rows = read_csv(tmp_path / "plots" / evaluate.ROC_FILE)
+    rows = read_csv(tmp_path / "plots" / layout.ROC_NAME)
     fpr = np.array([float(row["fpr"]) for row in rows])
     tpr = np.array([float(row["tpr"]) for row in rows])
     np.testing.assert_allclose(fpr, [0, 0, 0, 1 / 3, 1 / 3, 2 / 3, 1])
@@ -118,14 +120,8 @@ def test_three_classes_use_argmax_and_macro_one_vs_rest_auc(tmp_path: Path) -> N
     expected_loss = -np.mean(np.log([0.7, 0.8, 0.6, 0.3, 0.3, 0.8]))
     assert metrics["loss"] == pytest.approx(expected_loss, rel=1e-5)
     assert metrics["threshold"] is None
-    rows = read_csv(tmp_path / "plots" / evaluate.ROC_FILE)
+    rows = read_csv(tmp_path / "plots" / layout.ROC_NAME)
     assert {row["class"] for row in rows} == set(names)
-
-
-def test_roc_auc_counts_ties_as_half_and_needs_both_classes() -> None:
-    assert evaluate.roc_auc(np.array([True, False]), np.array([0.5, 0.5])) == 0.5
-    assert evaluate.roc_auc(np.array([True, True, False]), np.array([0.3, 0.9, 0.3])) == pytest.approx(0.75)
-    assert evaluate.roc_auc(np.array([True, True]), np.array([0.1, 0.2])) is None
 
 
 def test_one_class_only_gives_a_null_auc(tmp_path: Path) -> None:
@@ -165,3 +161,28 @@ def test_both_feeding_paths_predict_the_same(tmp_path: Path) -> None:
     batched = evaluate.predict_probabilities(model, inputs, batch_size=4, in_memory_bytes=0)
     np.testing.assert_allclose(whole, MULTI_PROBS, rtol=1e-6)
     np.testing.assert_array_equal(whole, batched)
+
+
+def test_run_scores_the_test_split_and_summarises_without_per_class(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    np.save(layout.split_file(cache, "test"), BINARY_SCORES)
+    np.save(layout.labels_file(cache, "test"), BINARY_LABELS)
+    paths = evaluate.EvaluatePaths(
+        inputs=cache,
+        model=identity_model(tmp_path / "binary.keras", 1),
+        metrics=tmp_path / "metrics.json",
+        plots=tmp_path / "plots",
+    )
+    counted: list[int] = []
+    summary = evaluate.run("feature_extraction", Params(), paths, counted.append)
+    written = json.loads(paths.metrics.read_text())
+    assert summary.accuracy == pytest.approx(4 / 6) and summary.confusion_matrix == [[2, 1], [1, 2]]
+    assert summary.n_samples == 6 == sum(counted)
+    assert {key: value for key, value in written.items() if key != "per_class"} == {
+        key: value for key, value in dataclasses.asdict(summary).items() if key != "confusion_matrix"
+    }
+    assert evaluate.EvaluatePaths.default("feature_extraction").inputs == layout.FEATURES_CACHE
+    assert evaluate.EvaluatePaths.default("scratch") == evaluate.EvaluatePaths(
+        layout.IMAGES_CACHE, layout.model_file("scratch"), layout.metrics_file("scratch"), layout.plots_dir("scratch")
+    )

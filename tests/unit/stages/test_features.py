@@ -1,13 +1,12 @@
 """Tests for cvpipe.stages.features: the VGG16 feature cache, on tiny 32 x 32 images (1 x 1 x 512 features).
 
-No test touches the network: 'imagenet' is only ever resolved against a KERAS_HOME in a temp folder, and the
-weights files loaded here are written by the tests in the two layouts Keras 3 reads.
+No test touches the network: the weights are 'none' (seeded random) or files the tests write
+(:mod:`tests.support.vgg16`); resolving and loading weights is tested in tests/unit/ml/test_weights.py.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -15,24 +14,20 @@ import textwrap
 import tracemalloc
 from pathlib import Path
 
-import h5py
 import keras
 import numpy as np
 import pytest
 
-from cvpipe.config import FeaturesConfig
+from cvpipe import layout
+from cvpipe.config import FeaturesConfig, Params
 from cvpipe.errors import CvpipeError, DataError
-from cvpipe.io import md5_file, sha256_file
+from cvpipe.io import sha256_file
+from cvpipe.ml import weights
+from cvpipe.ml.weights import load_conv_base
 from cvpipe.stages import features
-from cvpipe.stages.features import (
-    NOTOP_FILE,
-    extract_features,
-    load_conv_base,
-    resolve_weights,
-)
+from cvpipe.stages.features import extract_features
+from tests.support.vgg16 import SHAPE, SIZE, other_weights_base, write_legacy_h5
 
-SIZE = 32
-SHAPE = (SIZE, SIZE, 3)
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -52,31 +47,6 @@ def _write_cache(folder: Path, counts: dict[str, int], seed: int = 0) -> dict[st
 
 def _preprocessed(images: np.ndarray) -> np.ndarray:
     return keras.applications.vgg16.preprocess_input(images.astype(np.float32).copy())
-
-
-def _write_legacy_h5(path: Path, base: keras.Model) -> None:
-    """Write ``base``'s weights in the legacy (Keras 1/2) HDF5 layout of Keras's published notop file.
-
-    Root attribute ``layer_names`` lists every layer (input and pooling layers with an empty
-    ``weight_names``), each layer is a group whose ``weight_names`` attribute names its datasets; Keras 3
-    loads such a file by the order of the layers that have weights.
-    """
-    with h5py.File(path, "w") as handle:
-        names = ["input_1"] + [layer.name for layer in base.layers[1:]]
-        handle.attrs["layer_names"] = np.array([name.encode() for name in names])
-        for name, layer in zip(names, base.layers, strict=True):
-            group = handle.create_group(name)
-            values = layer.get_weights()
-            weight_names = [f"{name}_W_1:0", f"{name}_b_1:0"][: len(values)]
-            group.attrs["weight_names"] = np.array([w.encode() for w in weight_names], dtype="S")
-            for weight_name, value in zip(weight_names, values, strict=True):
-                group.create_dataset(weight_name, data=value)
-
-
-def _other_weights_base(seed: int = 7) -> keras.Model:
-    base = load_conv_base("none", SHAPE)
-    features._seed_random_weights(base, seed)
-    return base
 
 
 @pytest.fixture(autouse=True)
@@ -112,17 +82,18 @@ def test_shapes_dtype_labels_and_json(tmp_path: Path, dtype: str) -> None:
         copied = np.load(out / f"{split}_labels.npy")
         assert copied.dtype == np.int32
         np.testing.assert_array_equal(copied, labels)
-        assert summary["splits"][split]["count"] == len(labels)
-        assert summary["splits"][split]["images_per_second"] > 0
+        assert summary.splits[split].count == len(labels)
+        assert summary.splits[split].images_per_second > 0
     assert sum(ticks) == 19 and max(ticks) <= 4
     meta = json.loads((out / "features.json").read_text())
-    assert meta["weights"] == {"spec": "none", "file": "random (none)", "seed": features.RANDOM_WEIGHTS_SEED}
+    assert meta["weights"] == {"spec": "none", "file": "random (none)", "seed": weights.RANDOM_WEIGHTS_SEED}
+    assert summary.weights == meta["weights"]  # the lineage's record of the extractor, without reading the file
     assert meta["dtype"] == dtype
     assert meta["input_shape"] == [SIZE, SIZE, 3] and meta["feature_shape"] == [1, 1, 512]
     assert meta["counts"] == {"train": 10, "val": 4, "test": 5}
     assert meta["keras_version"] == keras.__version__ and meta["backend"] == keras.backend.backend()
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["features.json"] + [f"{s}.npy" for s in written] + [f"{s}_labels.npy" for s in written]
+        [layout.FEATURES_META_NAME] + [f"{s}.npy" for s in written] + [f"{s}_labels.npy" for s in written]
     )
 
 
@@ -173,7 +144,7 @@ def test_preprocess_input_exactly_as_keras_and_cache_untouched(
     written = _write_cache(tmp_path / "images", {"train": 9})
     before = sha256_file(tmp_path / "images" / "train.npy")
     spy = _SpyModel(random_base)
-    monkeypatch.setattr(features, "_build_conv_base", lambda *args: spy)
+    monkeypatch.setattr(features, "build_conv_base", lambda *args: spy)
 
     extract_features(tmp_path / "images", tmp_path / "out", FeaturesConfig(weights="none", batch_size=4))
 
@@ -232,7 +203,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(
     batch_size = 16
     # Warm the model up on this batch shape so that tracing is not measured.
     random_base.predict_on_batch(np.zeros((batch_size, *SHAPE), np.float32))
-    monkeypatch.setattr(features, "_build_conv_base", lambda *args: random_base)
+    monkeypatch.setattr(features, "build_conv_base", lambda *args: random_base)
     cfg = FeaturesConfig(weights="none", batch_size=batch_size)
 
     def peak_bytes(count: int) -> int:
@@ -309,97 +280,25 @@ def test_misaligned_labels_are_a_data_error(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- weights
 
 
-def test_none_is_random_and_warns(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="cvpipe.stages.features"):
-        assert resolve_weights("none") is None
-    assert "meaningless" in caplog.text
-
-
-def test_missing_imagenet_file_names_the_full_path(_isolated_keras_home: Path) -> None:
-    expected = _isolated_keras_home / "models" / NOTOP_FILE
-    with pytest.raises(CvpipeError) as caught:
-        resolve_weights("imagenet")
-    message = str(caught.value)
-    assert str(expected) in message and "features.weights: none" in message
-    assert "\n" not in message
-    assert not expected.exists()  # nothing was downloaded
-
-
-def test_imagenet_file_with_wrong_md5_is_rejected(_isolated_keras_home: Path) -> None:
-    target = _isolated_keras_home / "models" / NOTOP_FILE
-    target.parent.mkdir(parents=True)
-    target.write_bytes(b"not the weights")
-    with pytest.raises(CvpipeError, match="MD5"):
-        resolve_weights("imagenet")
-
-
-def test_notop_named_path_with_wrong_md5_is_rejected(tmp_path: Path) -> None:
-    target = tmp_path / NOTOP_FILE
-    target.write_bytes(b"truncated")
-    with pytest.raises(CvpipeError, match=f"does not match Keras's published {NOTOP_FILE}"):
-        resolve_weights(str(target))
-
-
-def test_missing_weights_path_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(CvpipeError, match="no such weights file"):
-        resolve_weights(str(tmp_path / "absent.h5"))
-
-
 def test_legacy_h5_layout_loads_and_changes_features(tmp_path: Path, random_base: keras.Model) -> None:
-    source = _other_weights_base()
-    weights = tmp_path / "vgg16_legacy_layout.h5"
-    _write_legacy_h5(weights, source)
+    source = other_weights_base()
+    path = tmp_path / "vgg16_legacy_layout.h5"
+    write_legacy_h5(path, source)
 
-    loaded = load_conv_base(str(weights), SHAPE)
+    loaded = load_conv_base(str(path), SHAPE)
     for got, want in zip(loaded.get_weights(), source.get_weights(), strict=True):
         np.testing.assert_array_equal(got, want)
 
     _write_cache(tmp_path / "images", {"train": 4})
-    extract_features(tmp_path / "images", tmp_path / "file", FeaturesConfig(weights=str(weights)))
+    summary = extract_features(tmp_path / "images", tmp_path / "file", FeaturesConfig(weights=str(path)))
     extract_features(tmp_path / "images", tmp_path / "none", FeaturesConfig(weights="none"))
     with_file = np.load(tmp_path / "file" / "train.npy")
     assert not np.allclose(with_file, np.load(tmp_path / "none" / "train.npy"))
     images = np.load(tmp_path / "images" / "train.npy")
     np.testing.assert_allclose(with_file, source.predict_on_batch(_preprocessed(images)), rtol=1e-4, atol=1e-4)
     meta = json.loads((tmp_path / "file" / "features.json").read_text())
-    assert meta["weights"]["file"] == weights.name and meta["weights"]["sha256"] == sha256_file(weights)
-
-
-# Keras's own save_weights trips NumPy 2's __array__(copy=...) deprecation on the TensorFlow backend.
-@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-def test_keras3_weights_h5_loads(tmp_path: Path) -> None:
-    source = _other_weights_base(seed=11)
-    weights = tmp_path / "base.weights.h5"
-    source.save_weights(weights)
-    loaded = load_conv_base(str(weights), SHAPE)
-    for got, want in zip(loaded.get_weights(), source.get_weights(), strict=True):
-        np.testing.assert_array_equal(got, want)
-
-
-def test_imagenet_resolves_the_cached_notop_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _isolated_keras_home: Path
-) -> None:
-    # The real file cannot be had offline: stand in a legacy-layout file and trust its MD5 instead.
-    source = _other_weights_base(seed=3)
-    target = _isolated_keras_home / "models" / NOTOP_FILE
-    target.parent.mkdir(parents=True)
-    _write_legacy_h5(target, source)
-    monkeypatch.setitem(features.KERAS_VGG16_MD5, NOTOP_FILE, md5_file(target))
-
-    assert resolve_weights("imagenet") == target
-    loaded = load_conv_base("imagenet", SHAPE)
-    np.testing.assert_array_equal(loaded.get_weights()[0], source.get_weights()[0])
-
-
-def test_a_file_that_does_not_fit_is_one_clear_error(tmp_path: Path) -> None:
-    weights = tmp_path / "wrong.h5"
-    with h5py.File(weights, "w") as handle:
-        handle.attrs["layer_names"] = np.array([b"dense"])
-        group = handle.create_group("dense")
-        group.attrs["weight_names"] = np.array([b"dense_W:0"])
-        group.create_dataset("dense_W:0", data=np.zeros((2, 2), np.float32))
-    with pytest.raises(CvpipeError, match="cannot load into the VGG16 conv base"):
-        load_conv_base(str(weights), SHAPE)
+    assert meta["weights"]["file"] == path.name and meta["weights"]["sha256"] == sha256_file(path)
+    assert summary.weights == meta["weights"]
 
 
 # --------------------------------------------------------------------------------------------- backends
@@ -411,13 +310,13 @@ def test_runs_under_jax_and_matches_this_backend(tmp_path: Path) -> None:
     extract_features(tmp_path / "images", tmp_path / "here", FeaturesConfig(weights="none", batch_size=4))
     script = textwrap.dedent(
         f"""
-        import json, sys
+        import dataclasses, json, sys
         from pathlib import Path
         from cvpipe.config import FeaturesConfig
         from cvpipe.stages.features import extract_features
         summary = extract_features(Path({str(tmp_path / "images")!r}), Path({str(tmp_path / "jax")!r}),
                                    FeaturesConfig(weights="none", batch_size=4))
-        print(json.dumps(summary))
+        print(json.dumps(dataclasses.asdict(summary)))
         """
     )
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
@@ -436,33 +335,6 @@ def test_runs_under_jax_and_matches_this_backend(tmp_path: Path) -> None:
         )
 
 
-# ------------------------------------------------------------------------------------------ row reading
-
-
-def test_npy_rows_reads_slices_like_the_array(tmp_path: Path) -> None:
-    array = np.random.default_rng(0).integers(0, 256, size=(11, 4, 4, 3), dtype=np.uint8)
-    np.save(tmp_path / "a.npy", array)
-    rows = features.NpyRows(tmp_path / "a.npy")
-    assert rows.shape == array.shape and rows.dtype == array.dtype and rows.ndim == 4 and len(rows) == 11
-    for key in (slice(0, 4), slice(4, 11), slice(9, 20), slice(5, 5)):
-        np.testing.assert_array_equal(rows[key], array[key])
-    with pytest.raises(TypeError):
-        rows[3]  # type: ignore[index]
-    with pytest.raises(TypeError):
-        rows[0:4:2]
-
-
-def test_npy_rows_reports_a_truncated_file(tmp_path: Path) -> None:
-    np.save(tmp_path / "a.npy", np.zeros((10, 4, 4, 3), np.uint8))
-    data = (tmp_path / "a.npy").read_bytes()
-    (tmp_path / "a.npy").write_bytes(data[:-100])
-    with pytest.raises(DataError, match="truncated"):
-        features.NpyRows(tmp_path / "a.npy")[0:10]
-    (tmp_path / "b.npy").write_bytes(b"not an array")
-    with pytest.raises(DataError, match=r"not a \.npy"):
-        features.NpyRows(tmp_path / "b.npy")
-
-
 # ------------------------------------------------------------------------------------------- precision
 
 
@@ -474,7 +346,7 @@ def test_mixed_bfloat16_is_within_one_percent_and_recorded(tmp_path: Path) -> No
     f32, bf16 = np.load(tmp_path / "f32" / "train.npy"), np.load(tmp_path / "bf16" / "train.npy")
     assert bf16.dtype == np.float32
     assert np.linalg.norm(bf16 - f32) / np.linalg.norm(f32) < 1e-2
-    assert summary["precision"] == "mixed_bfloat16"
+    assert summary.precision == "mixed_bfloat16"
     assert json.loads((tmp_path / "bf16" / "features.json").read_text())["precision"] == "mixed_bfloat16"
     assert json.loads((tmp_path / "f32" / "features.json").read_text())["precision"] == "float32"
     assert keras.config.dtype_policy().name == "float32"  # the global policy is left as it was
@@ -483,13 +355,13 @@ def test_mixed_bfloat16_is_within_one_percent_and_recorded(tmp_path: Path) -> No
 def test_precision_comes_from_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _write_cache(tmp_path / "images", {"train": 2})
     seen: list[str] = []
-    real_build = features._build_conv_base
+    real_build = features.build_conv_base
 
     def spy(path, shape, precision="float32"):
         seen.append(precision)
         return real_build(path, shape, precision)
 
-    monkeypatch.setattr(features, "_build_conv_base", spy)
+    monkeypatch.setattr(features, "build_conv_base", spy)
     cfg = FeaturesConfig(weights="none", batch_size=2, precision="mixed_bfloat16")
     extract_features(tmp_path / "images", tmp_path / "out", cfg)
     assert seen == ["mixed_bfloat16"]
@@ -500,3 +372,19 @@ def test_unknown_precision_is_one_clear_error(tmp_path: Path) -> None:
     cfg = FeaturesConfig(weights="none")
     with pytest.raises(CvpipeError, match=r"mixed_float16.*expected one of float32, mixed_bfloat16"):
         extract_features(tmp_path / "images", tmp_path / "out", cfg, precision="mixed_float16")
+
+
+# -------------------------------------------------------------------------------------------- the stage
+
+
+def test_run_reads_the_params_and_counts_the_images(tmp_path: Path) -> None:
+    _write_cache(tmp_path / "images", {"train": 3, "test": 2})
+    params = Params.model_validate({"features": {"weights": "none", "batch_size": 2}})
+    paths = features.FeaturesPaths(images=tmp_path / "images", out=tmp_path / "out")
+    ticks: list[int] = []
+    summary = features.run(params, paths, ticks.append)
+    assert features.count_images(paths.images) == sum(ticks) == 5
+    assert summary.feature_shape == [1, 1, 512] and list(summary.splits) == ["train", "test"]
+    assert summary.weights["spec"] == "none"
+    assert (layout.split_file(paths.out, "test")).is_file()
+    assert features.FeaturesPaths() == features.FeaturesPaths(layout.IMAGES_CACHE, layout.FEATURES_CACHE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,9 +16,11 @@ import keras
 import numpy as np
 import pytest
 
-from cvpipe.config import TrainConfig, VariantConfig
+from cvpipe import layout
+from cvpipe.config import Params, TrainConfig, VariantConfig
 from cvpipe.errors import ConfigError, DataError
 from cvpipe.ml import models
+from cvpipe.ml.variants import NAMES, get_variant
 from cvpipe.stages import train
 
 SIDE = 32
@@ -74,7 +77,7 @@ def train_head(
     train_split: tuple[np.ndarray, np.ndarray],
     val_split: tuple[np.ndarray, np.ndarray],
     **kwargs: Any,
-) -> dict[str, Any]:
+) -> train.TrainSummary:
     """Train the dense head (the quickest variant) to ``models/<name>.keras`` and ``reports/<name>``."""
     return train.train_variant(
         "feature_extraction",
@@ -129,7 +132,7 @@ for model_path, inputs, out in json.loads(sys.argv[1]).values():
 """
 
 JAX_SCRIPT = """
-import json, sys
+import dataclasses, json, sys
 
 class NoTensorFlow:
     # models/train/evaluate must not need TensorFlow off its backend (a JAX GPU box may not have it);
@@ -149,8 +152,8 @@ from cvpipe.stages.train import train_variant
 assert keras.backend.backend() == "jax"
 load = lambda name: np.load(f"jax_{name}.npy", mmap_mode="r")
 cfg = TrainConfig(seed=3, feature_extraction=VariantConfig(epochs=2, batch_size=8))
-summary = train_variant("feature_extraction", cfg, (load("x_train"), load("y_train")),
-                        (load("x_val"), load("y_val")), "jax.keras", "jax_report")
+summary = dataclasses.asdict(train_variant("feature_extraction", cfg, (load("x_train"), load("y_train")),
+                        (load("x_val"), load("y_val")), "jax.keras", "jax_report"))
 model = load_model("jax.keras", compile=False)
 np.save("jax_pred.npy", model.predict(load("x_val")[:8].astype("float32"), verbose=0))
 for variant, (path, inputs, out) in json.loads(sys.argv[1]).items():
@@ -202,7 +205,7 @@ def trained(workdir: Path, data: dict[str, tuple[np.ndarray, np.ndarray]]) -> di
         "fine_tuning": {"init_model": workdir / "models" / "feature_extraction_aug.keras"},
     }
     results: dict[str, dict[str, Any]] = {}
-    for variant in train.VARIANTS:
+    for variant in NAMES:
         split = splits.get(variant, "images")
         model_path = workdir / "models" / f"{variant}.keras"
         summary = train.train_variant(
@@ -218,19 +221,21 @@ def trained(workdir: Path, data: dict[str, tuple[np.ndarray, np.ndarray]]) -> di
     return results
 
 
-@pytest.mark.parametrize("variant", train.VARIANTS)
+@pytest.mark.parametrize("variant", NAMES)
 def test_each_variant_learns_and_keeps_its_best_epoch(trained: dict[str, dict[str, Any]], variant: str) -> None:
     result = trained[variant]
     summary = result["summary"]
-    report = json.loads((result["model"].parents[1] / "reports" / variant / train.HISTORY_FILE).read_text())
+    report = json.loads((result["model"].parents[1] / "reports" / variant / layout.HISTORY_NAME).read_text())
     history = report["history"]
     # val_loss, not loss: with dropout and augmentation on a dozen images the training loss of one epoch
     # is noise; the validation loss is measured with the model in inference mode.
     assert history["val_loss"][-1] < history["val_loss"][0]
-    assert summary["epochs_run"] == 2 and summary["device"] == "tensorflow backend, CPU"
-    assert summary["best_val_loss"] == pytest.approx(min(history["val_loss"]))
-    assert summary["best_epoch"] == int(np.argmin(history["val_loss"])) + 1
-    assert report["summary"] == summary
+    assert summary.epochs_run == 2 and summary.device == "tensorflow backend, CPU"
+    assert summary.best_val_loss == pytest.approx(min(history["val_loss"]))
+    assert summary.best_epoch == int(np.argmin(history["val_loss"])) + 1
+    # history.json holds the training facts; conv_base (a spec's identity, for the lineage) is not one.
+    assert report["summary"] == {k: v for k, v in dataclasses.asdict(summary).items() if k != "conv_base"}
+    assert summary.conv_base is None  # the VGG16 base came as a factory here, not a weights spec
     assert result["model"].is_file()
 
 
@@ -245,12 +250,12 @@ def test_fine_tuning_trains_block5_and_the_head_only(trained: dict[str, dict[str
     assert len(base.trainable_weights) == 6
     block5 = 3 * (3 * 3 * 512 * 512 + 512)
     head = 512 * 256 + 256 + 257
-    assert trained["fine_tuning"]["summary"]["trainable_params"] == block5 + head
-    assert trained["feature_extraction_aug"]["summary"]["trainable_params"] == head
+    assert trained["fine_tuning"]["summary"].trainable_params == block5 + head
+    assert trained["feature_extraction_aug"]["summary"].trainable_params == head
 
 
 def test_dvclive_curves_and_no_leftovers(trained: dict[str, dict[str, Any]], workdir: Path) -> None:
-    live = workdir / "reports" / "scratch" / train.LIVE_DIR
+    live = workdir / "reports" / "scratch" / layout.LIVE_DIR_NAME
     loss_curve = (live / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
     assert loss_curve[0].split("\t") == ["step", "loss"] and len(loss_curve) == 3
     assert (live / "plots" / "metrics" / "val" / "accuracy.tsv").is_file()
@@ -302,7 +307,7 @@ def test_jax_backend_trains_and_reads_tensorflow_models(fresh_runs: dict[str, An
     code, stdout, stderr = fresh_runs["runs"]["jax"]
     assert code == 0, stderr[-4000:]
     summary = json.loads(stdout.strip().splitlines()[-1])
-    history = json.loads((workdir / "jax_report" / train.HISTORY_FILE).read_text())["history"]
+    history = json.loads((workdir / "jax_report" / layout.HISTORY_NAME).read_text())["history"]
     assert summary["backend"] == "jax" and summary["device"] == "jax backend, CPU"
     assert summary["tensorflow_imported"] is False
     assert history["val_loss"][-1] < history["val_loss"][0]
@@ -323,9 +328,9 @@ def test_more_than_two_classes_trains_a_softmax(workdir: Path) -> None:
     model = models.load_model(workdir / "models" / "three.keras")
     assert model.output_shape == (None, 3)
     assert model.loss == "sparse_categorical_crossentropy"
-    history = json.loads((workdir / "reports" / "three" / train.HISTORY_FILE).read_text())["history"]
+    history = json.loads((workdir / "reports" / "three" / layout.HISTORY_NAME).read_text())["history"]
     assert history["loss"][-1] < history["loss"][0]
-    assert summary["best_val_accuracy"] is not None
+    assert summary.best_val_accuracy is not None
 
 
 def test_deterministic_training_repeats_bit_for_bit(
@@ -364,68 +369,12 @@ def test_an_interrupted_run_leaves_no_model(workdir: Path) -> None:
     assert not list(out.parent.glob(".crashed*"))
 
 
-def test_fit_inputs_hold_small_splits_in_memory_and_batch_large_ones() -> None:
-    train_split, val_split = shapes(10, 0), shapes(6, 1)
-    whole = train.fit_inputs(train_split, val_split, 4, seed=1, binary=True)
-    assert whole["x"].dtype == np.uint8 and whole["batch_size"] == 4 and whole["shuffle"] is True
-    assert whole["y"].dtype == np.float32 and whole["y"].shape == (10, 1)
-    np.testing.assert_array_equal(whole["validation_data"][0], val_split[0])
-    bytes_needed = train.held_bytes(train_split[0]) + train.held_bytes(val_split[0])
-    batched = train.fit_inputs(train_split, val_split, 4, seed=1, binary=False, limit=bytes_needed - 1)
-    assert isinstance(batched["x"], train.ArrayBatches) and batched["shuffle"] is False
-    assert isinstance(batched["validation_data"], train.ArrayBatches)
-    assert batched["x"][0][1].dtype == np.int32
-    # float16 features are held as float32 by Keras; uint8 images stay uint8.
-    assert train.held_bytes(np.zeros((2, 3), np.float16)) == 24 and train.held_bytes(np.zeros(5, np.uint8)) == 5
-
-
-def test_best_epoch_keeps_the_lowest_finite_val_loss_in_memory() -> None:
-    model = models.dense_head((1, 1, 4), 2)
-    model.compile(optimizer="rmsprop", loss="binary_crossentropy")
-    x, y = np.ones((4, 1, 1, 4), np.float32), np.ones((4, 1), np.float32)
-    best = train.BestEpoch()
-    best.set_model(model)
-    assert not best.restore()  # no epoch yet
-    model.fit(x, y, epochs=1, verbose=0)  # builds the optimizer's variables
-    best.on_epoch_end(0, {"val_loss": float("nan")})
-    best.on_epoch_end(1, {"val_loss": float("inf")})
-    assert best.best_epoch is None
-    kept = model.get_weights()
-    best.on_epoch_end(2, {"val_loss": 0.5})
-    model.fit(x, y, epochs=1, verbose=0)
-    best.on_epoch_end(3, {"val_loss": 0.7})  # worse: not kept
-    assert best.restore() and best.best_epoch == 2 and best.best == 0.5
-    for restored, expected in zip(model.get_weights(), kept, strict=True):
-        np.testing.assert_array_equal(restored, expected)
-    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 1
-
-
 def test_a_split_too_large_for_memory_trains_a_batch_at_a_time(workdir: Path) -> None:
     out = workdir / "models" / "batched.keras"
     summary = train_head(workdir, "batched", features(48, 15), features(16, 16), in_memory_bytes=0)
-    history = json.loads((workdir / "reports" / "batched" / train.HISTORY_FILE).read_text())["history"]
-    assert out.is_file() and summary["epochs_run"] == 2
+    history = json.loads((workdir / "reports" / "batched" / layout.HISTORY_NAME).read_text())["history"]
+    assert out.is_file() and summary.epochs_run == 2
     assert history["val_loss"][-1] < history["val_loss"][0]
-
-
-def test_array_batches_reshuffle_from_the_seed() -> None:
-    x = np.arange(10, dtype=np.uint8).reshape(10, 1)
-    y = np.arange(10) % 2
-
-    def epochs(seed: int) -> list[list[int]]:
-        batches = train.ArrayBatches(x, y, 4, shuffle=True, seed=seed)
-        orders = []
-        for _ in range(2):
-            orders.append([int(v) for i in range(len(batches)) for v in batches[i][0][:, 0]])
-            batches.on_epoch_end()
-        return orders
-
-    first, again = epochs(5), epochs(5)
-    assert first == again and first[0] != first[1]
-    assert all(sorted(order) == list(range(10)) for order in first)
-    batch_x, batch_y = train.ArrayBatches(x, y, 4)[2]
-    assert batch_x.dtype == np.float32 and batch_y.shape == (2, 1)
-    assert train.ArrayBatches(x, y, 4, binary=False)[0][1].dtype == np.int32
 
 
 @pytest.mark.parametrize(
@@ -452,35 +401,56 @@ def test_bad_requests_fail_with_one_line(
 def test_mixed_precision_trains_keeps_a_float32_output_and_restores_the_policy(workdir: Path) -> None:
     out = workdir / "models" / "mixed.keras"
     summary = train_head(workdir, "mixed", features(32, 12), features(8, 13), mixed_precision=True)
-    assert summary["precision"] == "mixed_bfloat16"
+    assert summary.precision == "mixed_bfloat16"
     assert keras.config.dtype_policy().name == "float32"
     model = models.load_model(out, compile=False)
     assert model.get_layer(index=2).dtype_policy.name == "mixed_bfloat16"
     assert model.predict(features(4, 14)[0].astype("float32"), verbose=0).dtype == np.float32
 
 
-def test_live_never_initialises_dvc_in_a_plain_git_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Stock dvclive runs `dvc init` in the enclosing Git repo when it finds no DVC repo.
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("DVC_ROOT", raising=False)
-    with train.open_live(tmp_path / "live") as live:
-        live.log_metric("train/loss", 0.5)
-        live.next_step()
-    assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
-    assert not (tmp_path / ".dvc").exists() and not (tmp_path / ".dvcignore").exists()
-    assert not (tmp_path / "dvc.yaml").exists()
-
-
-def test_a_weights_spec_is_resolved_by_the_features_module() -> None:
-    base = train._resolve_conv_base("none", (32, 32, 3))  # "none": random weights, nothing downloaded
+def test_a_weights_spec_is_resolved_by_the_weights_module() -> None:
+    # "none": random weights, nothing downloaded
+    base = train._resolve_conv_base(get_variant("feature_extraction_aug"), "none", (32, 32, 3))
     assert base.get_layer("block5_conv1") is not None and base.output_shape == (None, 1, 1, 512)
 
 
-def test_precision_policy_is_mixed_only_on_gpus() -> None:
-    cpu = train.Device("tensorflow", 0, False)
-    assert train.precision_policy(cpu) == "float32"
-    assert train.precision_policy(train.Device("tensorflow", 1, True)) == "mixed_bfloat16"
-    assert train.precision_policy(train.Device("tensorflow", 2, False)) == "mixed_float16"
-    assert train.precision_policy(cpu, mixed_precision=True) == "mixed_bfloat16"
-    assert train.Device("jax", 2, True).describe() == "jax backend, 2 GPUs"
+def _write_cache(folder: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, (x, y) in splits.items():
+        np.save(layout.split_file(folder, split), x)
+        np.save(layout.labels_file(folder, split), y)
+    return folder
+
+
+def test_run_trains_from_a_cache_folder_and_counts_epochs(workdir: Path) -> None:
+    cache = _write_cache(workdir / "stage_features", {"train": features(24, 20), "val": features(8, 21)})
+    params = Params(train=CFG)
+    paths = train.TrainPaths(cache, workdir / "models" / "stage.keras", workdir / "reports" / "stage")
+    epochs: list[int] = []
+    summary = train.run("feature_extraction", params, paths, epochs.append)
+    assert summary.variant == "feature_extraction" and summary.epochs_run == 2 == sum(epochs)
+    assert summary.conv_base is None and paths.model.is_file()
+    assert train.TrainPaths.default("fine_tuning") == train.TrainPaths(
+        layout.IMAGES_CACHE,
+        layout.model_file("fine_tuning"),
+        layout.train_dir("fine_tuning"),
+        layout.model_file("feature_extraction_aug"),
+    )
+    assert train.TrainPaths.default("feature_extraction").inputs == layout.FEATURES_CACHE
+
+
+def test_run_records_the_conv_base_a_weights_spec_built(workdir: Path) -> None:
+    cache = _write_cache(workdir / "stage_images", {"train": shapes(8, 22), "val": shapes(4, 23)})
+    quick = CFG.model_copy(update={"feature_extraction_aug": VariantConfig(epochs=1, batch_size=4)})
+    params = Params.model_validate({"train": quick.model_dump(), "features": {"weights": "none"}})
+    paths = train.TrainPaths(cache, workdir / "models" / "stage_aug.keras", workdir / "reports" / "stage_aug")
+    summary = train.run("feature_extraction_aug", params, paths)
+    assert summary.conv_base == {"spec": "none", "file": "random (none)"}
+    history = json.loads((paths.out / layout.HISTORY_NAME).read_text())
+    assert "conv_base" not in history["summary"]
+
+
+def test_run_needs_the_parents_model_for_fine_tuning(workdir: Path) -> None:
+    paths = train.TrainPaths(workdir, workdir / "ft.keras", workdir / "ft")
+    with pytest.raises(ConfigError, match=r"pass it as init \(--init models/feature_extraction_aug\.keras\)"):
+        train.run("fine_tuning", Params(), paths)
