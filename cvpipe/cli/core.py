@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated
@@ -89,12 +91,58 @@ def _debugging(argv: Sequence[str]) -> bool:
     return DEBUG_FLAG in argv
 
 
+class Interrupted(BaseException):
+    """SIGINT (Ctrl-C) or SIGTERM (``kill``, ``docker stop``) reached the CLI.
+
+    A ``BaseException`` that is not ``KeyboardInterrupt``: typer turns a ``KeyboardInterrupt`` into a *return*
+    value of 130 under ``standalone_mode=False``, which an exit code must not depend on.
+    """
+
+    def __init__(self, signum: int) -> None:
+        """The signal received."""
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread while the command runs.
+
+    Without it SIGTERM kills the CLI on the spot, leaving its pool workers orphaned. A signal the caller
+    ignores (``nohup``, a background job's SIGINT) stays ignored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+            previous[signum] = signal.signal(signum, _raise_interrupted)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app and map failures to exit codes and one clear line."""
+    """Entry point: run the app and map failures to exit codes and one clear line.
+
+    An interrupted command exits ``128 + signal``: 130 on Ctrl-C, 143 on SIGTERM. DVC records a stage as done
+    only when its command exits 0, so an interrupted stage is never committed half-written.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = _debugging(args)
     try:
-        app(args=args, standalone_mode=False)
+        with _interruptible():
+            result = app(args=args, standalone_mode=False)
+    except Interrupted as interrupt:
+        typer.echo(f"interrupted ({signal.Signals(interrupt.signum).name})", err=True)
+        return 128 + interrupt.signum
     except CvpipeError as error:
         if debug:
             raise
@@ -119,4 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             return full.exit_code
         typer.echo(f"internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)", err=True)
         return 1
+    # Under standalone_mode=False typer *returns* an exit code (typer.Exit, or 130 for a KeyboardInterrupt it
+    # caught itself); commands return None.
+    if isinstance(result, int) and not isinstance(result, bool):
+        if result == 130:
+            typer.echo("interrupted", err=True)
+        return result
     return 0
