@@ -40,7 +40,7 @@ lint: install
 
 # Every CPU benchmark (< 15 min on 2 cores): one table, results in bench/results/, see docs/performance.md.
 bench: install
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python -m bench.run_all
 
 clean:
 	rm -rf demo .pytest_cache .ruff_cache

@@ -1,11 +1,16 @@
-"""Shared pieces of the CPU benchmarks: results, the machine, data sets, timing and peak memory.
+"""Shared pieces of the CPU benchmarks: result rows, the machine, contenders timed in child processes, data, memory.
 
 Every benchmark measures cvpipe and the seed's way of doing the same work side by side, in one run, on the
 same images, and reports the ratio: the machines here are shared and noisy, so absolute figures move from
 run to run while ratios measured in alternating rounds hold much better.
 
-A benchmark module exposes ``run(...) -> list[Result]`` and a ``main()`` that prints its table and writes
-``bench/results/<id>-<date>.md``, or, with ``--json PATH``, writes its results as JSON for ``run_all.py``.
+Each contender runs in a fresh ``python -m bench.<script> --contender NAME CONFIG`` process: it sets itself up
+(imports, the seed's ``tf.data`` pipeline, a model), warms up, times the work once with :func:`measure`
+and prints ``{"seconds": ..., "cpu": ...}`` as its last line. So cvpipe's side runs as in production (no
+TensorFlow loaded beside the decode stage's pool) and no two contenders share an interpreter's threads.
+
+A benchmark module exposes ``run(...) -> list[Result]`` and calls :func:`run_main`, which prints its table and
+writes ``bench/results/<id>-<date>.md``, or, with ``--json PATH``, writes its results as JSON for ``run_all``.
 """
 
 from __future__ import annotations
@@ -13,12 +18,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import importlib
 import inspect
-import io
 import json
 import os
 import platform
+import re
 import resource
 import shlex
 import statistics
@@ -35,15 +39,18 @@ from typing import Any, Self
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from cvpipe.config import SyntheticConfig
 
-RESULTS_DIR = ROOT / "bench" / "results"
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = os.environ.get("CVPIPE_BENCH_QUICK") == "1"
+"""Tiny sizes everywhere (``CVPIPE_BENCH_QUICK=1``): shows that every script runs; no figure holds."""
+# Quick runs must not overwrite a real day's results.
+RESULTS_DIR = Path(tempfile.gettempdir()) / "cvpipe-bench-quick" if QUICK else ROOT / "bench" / "results"
 CLASSES = ("cat", "dog")
-_FIXED_TIME = (1980, 1, 1, 0, 0, 0)
-_SAMPLE_SECONDS = 0.05
+"""Kaggle's two labels, the default ``data.classes``: the synthetic archives are named like Kaggle's."""
 PSS_EVERY = 10
+_SAMPLE_SECONDS = 0.05
+_STAGE = re.compile(r"Running stage '([^']+)'")
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -91,38 +98,32 @@ class Result:
         return cls(id, what, cvpipe, seed, ratio, f">= {minimum:g}x{unit}", ratio >= minimum, details)
 
 
-def fmt_ratio(ratio: float | None) -> str:
-    """Format a ratio as ``2.31x``, or an em dash when there is none."""
-    return "—" if ratio is None else f"{ratio:.2f}x"
-
-
 def table(results: Sequence[Result]) -> str:
     """Return the Markdown table of results: id, cvpipe, seed way, ratio, target, pass/miss."""
     lines = ["| id | cvpipe | seed way | ratio | target | result |", "|---|---|---|---:|---|---|"]
-    for result in results:
-        lines.append(
-            f"| {result.id} | {result.cvpipe} | {result.seed} | {fmt_ratio(result.ratio)} | {result.target} "
-            f"| {result.verdict} |"
-        )
+    for row in results:
+        ratio = "—" if row.ratio is None else f"{row.ratio:.2f}x"
+        lines.append(f"| {row.id} | {row.cvpipe} | {row.seed} | {ratio} | {row.target} | {row.verdict} |")
     return "\n".join(lines)
+
+
+def cpuinfo(key: str) -> str | None:
+    """The first ``key: value`` of /proc/cpuinfo (None where there is none, e.g. not on Linux)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(key):
+                return line.split(":", 1)[1].strip()
+    return None
 
 
 def cpu_model() -> str:
     """Return the CPU's model name from /proc/cpuinfo (or what platform knows)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+    return cpuinfo("model name") or platform.processor() or "unknown"
 
 
 def cpu_flags() -> set[str]:
     """Return the CPU feature flags (empty where /proc/cpuinfo is not available)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    return set()
+    return set((cpuinfo("flags") or "").split())
 
 
 def cores() -> int:
@@ -138,19 +139,14 @@ def has_bf16_hardware() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
-def machine() -> dict[str, Any]:
-    """Describe this machine for the results file."""
-    flags = cpu_flags()
-    simd = [name for name in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if name in flags]
-    return {
-        "cores": cores(),
-        "cpu": cpu_model(),
-        "simd": " ".join(simd) or "unknown",
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "python": platform.python_version(),
-        "system": f"{platform.system()} {platform.release()}",
-        "load_average": " ".join(f"{value:.1f}" for value in os.getloadavg()),
-    }
+def machine_line() -> str:
+    """One line naming the machine: cores, CPU model and SIMD, memory, Python, system."""
+    simd = [name for name in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if name in cpu_flags()]
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{cores()} cores, {cpu_model()} ({' '.join(simd) or 'unknown SIMD'}), {memory:.1f} GiB, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
 
 
 def versions() -> dict[str, str]:
@@ -158,8 +154,7 @@ def versions() -> dict[str, str]:
     found: dict[str, str] = {}
     for name in ("numpy", "PIL", "simplejpeg", "cv2", "tensorflow", "keras", "dvc"):
         with contextlib.suppress(Exception):
-            module = __import__(name)
-            found[name] = str(getattr(module, "__version__", "?"))
+            found[name] = str(getattr(__import__(name), "__version__", "?"))
     return found
 
 
@@ -167,17 +162,16 @@ def write_markdown(
     name: str, results: Sequence[Result], command: str, started: dt.datetime, notes: Sequence[str] = ()
 ) -> Path:
     """Write ``bench/results/<name>-<date>.md``: the table, the machine, the command, every detail line."""
-    info = machine()
+    load = " ".join(f"{value:.1f}" for value in os.getloadavg())
     lines = [
         f"# Benchmarks: {name}, {started.date().isoformat()}",
         "",
         f"- date: {started.isoformat(timespec='seconds')}",
-        f"- machine: {info['cores']} cores, {info['cpu']} ({info['simd']}), {info['memory_gib']} GiB, "
-        f"Python {info['python']}, {info['system']}",
+        f"- machine: {machine_line()}",
         f"- command: `{command}`",
-        f"- load average (1, 5, 15 min) at the end: {info['load_average']} (a shared machine: other developers' "
-        "tests run on the same cores, so every figure is measured side by side with its seed-way counterpart, "
-        "in alternating rounds, and the ratio is what to read)",
+        f"- load average (1, 5, 15 min) at the end: {load} (a shared machine: other developers' tests run on the "
+        "same cores, so every figure is measured side by side with its seed-way counterpart, in alternating "
+        "rounds, and the ratio is what to read)",
         f"- libraries: {', '.join(f'{k} {v}' for k, v in versions().items())}",
         *[f"- {note}" for note in notes],
         "",
@@ -193,7 +187,7 @@ def write_markdown(
 
 
 def save_json(path: Path, results: Sequence[Result], seconds: float) -> None:
-    """Write results as JSON (what ``run_all.py`` collects from each benchmark process)."""
+    """Write results as JSON (what ``run_all`` collects from each benchmark process)."""
     payload = {"seconds": seconds, "results": [asdict(result) for result in results]}
     Path(path).write_text(json.dumps(payload, indent=1), encoding="utf-8")
 
@@ -211,43 +205,49 @@ def _option_type(default: Any) -> Callable[[str], Any]:
     return type(default)
 
 
-def bench_parser(description: str, options: Mapping[str, Any]) -> argparse.ArgumentParser:
-    """An argument parser with the options every benchmark takes, and ``--<name>`` for each of ``options``."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--json", type=Path, help="write the results here as JSON (for run_all.py) instead of .md")
-    parser.add_argument("--cache", type=Path, default=None, help="where generated data sets are kept between runs")
-    for name, default in options.items():
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        parser.add_argument(
-            f"--{name.replace('_', '-')}", type=_option_type(default), default=default, help=f"default: {shown}"
-        )
-    return parser
-
-
-def run_main(name: str, doc: str, run: Callable[..., Sequence[Result]], **options: Any) -> None:
-    """A benchmark's ``main``: parse ``--<option>`` (defaults given here), call ``run``, print and store.
+def run_main(
+    name: str,
+    doc: str,
+    run: Callable[..., Sequence[Result]],
+    sides: Mapping[str, Callable[..., dict[str, Any]]] | None = None,
+    **options: Any,
+) -> None:
+    """A benchmark's ``main``: run one contender (``--contender``), or ``run`` with ``--<option>`` values, print, store.
 
     Args:
         name: the results file's name (``bench/results/<name>-<date>.md``).
         doc: the module's docstring; its first line is the ``--help`` description.
         run: the benchmark; called with the options (and ``cache`` when it takes one).
+        sides: the contenders a child process may be asked to run, by name.
         **options: ``run``'s keyword arguments that the command line may change, with their defaults.
     """
-    args = bench_parser(doc.splitlines()[0], options).parse_args()
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="write the results here as JSON (for run_all) instead of .md")
+    parser.add_argument("--cache", type=Path, default=None, help="where generated data sets are kept between runs")
+    parser.add_argument("--contender", nargs=2, metavar=("NAME", "CONFIG"), help="(child) run one, print JSON")
+    for option, default in options.items():
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        parser.add_argument(
+            f"--{option.replace('_', '-')}", type=_option_type(default), default=default, help=f"{shown}"
+        )
+    args = parser.parse_args()
+    if args.contender:
+        side, config = args.contender
+        print(json.dumps((sides or {})[side](**json.loads(config))), flush=True)
+        return
     kwargs = {option: getattr(args, option) for option in options}
     if "cache" in inspect.signature(run).parameters:
         kwargs["cache"] = args.cache
-    started, t0 = dt.datetime.now(dt.timezone.utc), time.perf_counter()
+    started, t0 = dt.datetime.now(dt.UTC), time.perf_counter()
     results = run(**kwargs)
-    print(table(results))
+    print(f"machine: {machine_line()}\n\n{table(results)}")
     for result in results:
-        print(f"\n{result.id}: {result.what}")
-        for line in result.details:
-            print(f"  - {line}")
+        print(f"\n{result.id}: {result.what}", *[f"  - {line}" for line in result.details], sep="\n")
     if args.json:
         save_json(args.json, results, time.perf_counter() - t0)
     else:
-        command = "python " + " ".join(shlex.quote(arg) for arg in [f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+        module = f"bench.{Path(sys.argv[0]).stem}"
+        command = " ".join(shlex.quote(arg) for arg in ["python", "-m", module, *sys.argv[1:]])
         print(f"\nwrote {write_markdown(name, results, command, started)}")
 
 
@@ -256,10 +256,11 @@ def run_main(name: str, doc: str, run: Callable[..., Sequence[Result]], **option
 
 @dataclass
 class Timing:
-    """Per-round wall-clock and CPU seconds of one contender."""
+    """Per-round wall-clock and CPU seconds of one contender, and everything else its children reported."""
 
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+    replies: list[dict[str, Any]] = field(default_factory=list)
 
 
 def cpu_seconds() -> float:
@@ -268,26 +269,41 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def alternate(contenders: Mapping[str, Callable[[], object]], rounds: int) -> dict[str, Timing]:
-    """Time each contender once per round, the order rotating every round.
+def measure(work: Callable[[], object]) -> dict[str, float]:
+    """Run ``work`` once; return its wall and CPU seconds (every thread, and pool workers reaped meanwhile).
+
+    CPU time is measured as well as wall time: on a machine others load, a contender with more threads gets
+    a larger share of the cores, and CPU time is the figure that load does not bend.
+    """
+    cpu_before, started = cpu_seconds(), time.perf_counter()
+    work()
+    return {"seconds": time.perf_counter() - started, "cpu": cpu_seconds() - cpu_before}
+
+
+def in_child(module: str, side: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Run contender ``side`` of ``bench.<module>`` in a fresh process; return the JSON it printed last."""
+    argv = [sys.executable, "-m", f"bench.{module}", "--contender", side, json.dumps(config)]
+    done = subprocess.run(argv, cwd=ROOT, env=tool_env(), capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.{module} --contender {side} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    reply: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return reply
+
+
+def alternate(module: str, sides: Mapping[str, Mapping[str, Any]], rounds: int) -> dict[str, Timing]:
+    """Time each contender once per round, each in its own process, the order rotating every round.
 
     Alternating spreads a change in the machine's load over every contender instead of penalising one.
-    CPU seconds are measured too: on a machine others load, a contender with more threads gets a larger share
-    of the cores, and CPU time per image is the figure that load does not bend. A contender returning a dict
-    with ``seconds``/``cpu`` (a :class:`Remote` one, timed in its own process) supplies its own figures.
     """
-    names = list(contenders)
+    names = list(sides)
     times = {name: Timing() for name in names}
     for round_index in range(rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            cpu_before, started = cpu_seconds(), time.perf_counter()
-            reply = contenders[name]()
-            wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu_before
-            if isinstance(reply, dict):
-                wall, cpu = float(reply.get("seconds", wall)), float(reply.get("cpu", cpu))
-            times[name].wall.append(wall)
-            times[name].cpu.append(cpu)
+            reply = in_child(module, name, sides[name])
+            times[name].wall.append(float(reply["seconds"]))
+            times[name].cpu.append(float(reply["cpu"]))
+            times[name].replies.append(reply)
     return times
 
 
@@ -301,6 +317,44 @@ def runs(values: Sequence[float], unit: str = "s") -> str:
     return ", ".join(f"{value:.3g}{unit}" for value in values)
 
 
+@dataclass
+class StageRun:
+    """A command that runs DVC stages: its wall time, each stage's seconds in order, its output."""
+
+    seconds: float
+    stages: list[tuple[str, float]]
+    output: str
+    returncode: int
+
+
+def run_stages(
+    argv: Sequence[str], cwd: Path, watch: Callable[[int], contextlib.AbstractContextManager[Any]] | None = None
+) -> StageRun:
+    """Run ``argv`` (``dvc repro``, ``cvpipe demo``); each stage's seconds from when its "Running stage" line came.
+
+    Args:
+        argv: the command.
+        cwd: where it runs.
+        watch: a context manager factory given the process id, entered while it runs (memory sampling).
+    """
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        list(argv), cwd=cwd, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    marks: list[tuple[str, float]] = []
+    lines: list[str] = []
+    assert process.stdout is not None
+    with watch(process.pid) if watch else contextlib.nullcontext():
+        for line in process.stdout:
+            if match := _STAGE.search(line):
+                marks.append((match.group(1), time.perf_counter()))
+            lines.append(line)
+        process.wait()
+    ended = time.perf_counter()
+    stages = [(name, (marks[i + 1][1] if i + 1 < len(marks) else ended) - at) for i, (name, at) in enumerate(marks)]
+    return StageRun(ended - started, stages, "".join(lines), process.returncode)
+
+
 # ------------------------------------------------------------------------------------------------- data
 
 
@@ -311,45 +365,26 @@ def cache_root(requested: Path | None = None) -> Path:
     return root
 
 
-def kaggle_like_archive(count: int, cache: Path | None = None, seed: int = 0) -> Path:
-    """Return a zip of ``count`` Kaggle-like JPEGs (cvpipe's synthetic generator, 300-500 px, no plants)."""
-    from cvpipe.config import SyntheticConfig
+def synthetic_archive(count: int, cache: Path | None = None, side: int | None = None, seed: int = 0) -> Path:
+    """Return a zip of ``count`` JPEGs from cvpipe's synthetic generator, in Kaggle's layout, nothing planted.
+
+    Args:
+        count: images, half of each class.
+        cache: where generated archives are kept (see :func:`cache_root`).
+        side: every image ``side`` x ``side``; None: Kaggle-like 300-500 px (~30 KB each). The no-op and memory
+            benchmarks take 64 px: what they measure (DVC's bookkeeping, memory that grows with the number
+            of images) does not depend on image size, and 25,000 small images are drawn in seconds.
+        seed: the generator's seed.
+    """
     from cvpipe.sources.synthetic import GENERATOR_VERSION, generate_synthetic
 
-    path = cache_root(cache) / f"kaggle-like-{count}-s{seed}-v{GENERATOR_VERSION}.zip"
+    sides = {} if side is None else {"min_side": side, "max_side": side}
+    path = cache_root(cache) / f"synthetic-{count}-{side or 'kaggle'}px-s{seed}-v{GENERATOR_VERSION}.zip"
     if not path.exists():
-        cfg = SyntheticConfig(per_class=count // 2, seed=seed, exact_duplicates=0, near_duplicates=0, corrupt=0)
+        cfg = SyntheticConfig(
+            per_class=count // 2, seed=seed, exact_duplicates=0, near_duplicates=0, corrupt=0, **sides
+        )
         generate_synthetic(cfg, list(CLASSES), path)
-    return path
-
-
-def _small_jpeg(seed: int, index: int, side: int) -> bytes:
-    """A small JPEG of smooth random colour: cheap to make, distinct perceptual hashes."""
-    from PIL import Image
-
-    rng = np.random.default_rng([seed, index])
-    coarse = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
-    image = Image.fromarray(coarse, "RGB").resize((side, side), Image.Resampling.BICUBIC)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def small_archive(count: int, side: int = 64, cache: Path | None = None, seed: int = 0) -> Path:
-    """Return a zip of ``count`` small JPEGs in Kaggle's layout, made in seconds (for DAG-scale benchmarks).
-
-    The no-op and memory benchmarks need 25,000 archive members, not realistic pixels: what they measure
-    (DVC's bookkeeping, memory that grows with the number of images) does not depend on image size.
-    """
-    path = cache_root(cache) / f"small-{count}-{side}px-s{seed}.zip"
-    if path.exists():
-        return path
-    partial = path.with_suffix(".partial")
-    with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as archive:
-        for index in range(count):
-            info = zipfile.ZipInfo(f"train/{CLASSES[index % 2]}.{index // 2}.jpg", date_time=_FIXED_TIME)
-            archive.writestr(info, _small_jpeg(seed, index, side))
-    partial.rename(path)
     return path
 
 
@@ -384,7 +419,7 @@ def seed_dataset(folder: str | Path, size: int, batch: int) -> Any:
     )
 
 
-def count_in_graph(dataset: Any) -> dict[str, int]:
+def count_in_graph(dataset: Any) -> int:
     """Run one epoch of a ``tf.data`` dataset inside TensorFlow, as ``fit`` consumes it; return the images.
 
     ``fit`` pulls batches with ``iterator.get_next()`` inside its compiled step, so no Python runs per batch;
@@ -395,15 +430,12 @@ def count_in_graph(dataset: Any) -> dict[str, int]:
     def add(count: Any, element: Any) -> Any:
         return count + tf.cast(tf.shape(tf.nest.flatten(element)[0])[0], tf.int64)
 
-    return {"images": int(dataset.reduce(tf.constant(0, tf.int64), add))}
+    return int(dataset.reduce(tf.constant(0, tf.int64), add))
 
 
-def count_batches(dataset: Any) -> dict[str, int]:
+def count_batches(dataset: Any) -> int:
     """Run one epoch of ``dataset`` (batches of images, or of ``(images, labels)``); return how many images came."""
-    count = 0
-    for element in dataset:
-        count += int((element[0] if isinstance(element, tuple) else element).shape[0])
-    return {"images": count}
+    return sum(int((element[0] if isinstance(element, tuple) else element).shape[0]) for element in dataset)
 
 
 # ----------------------------------------------------------------------------------------------- memory
@@ -423,12 +455,10 @@ class Peaks:
     main: int = 0
 
     def add_sample(self, processes: Sequence[Any], with_pss: bool = True) -> None:
-        """Fold one sample of the group's processes (``psutil.Process``, first the main one) into the peaks.
+        """Fold one sample of the group's processes (``psutil.Process``, the main one first) into the peaks.
 
-        Args:
-            processes: the group, its main process first.
-            with_pss: also read the PSS. It walks every mapping (``/proc/<pid>/smaps``): ~20 ms of CPU for a
-                process that imported TensorFlow, against microseconds for the RSS alone.
+        ``with_pss``: also read the PSS. It walks every mapping (``/proc/<pid>/smaps``): ~20 ms of CPU for a
+        process that imported TensorFlow, against microseconds for the RSS alone.
         """
         import psutil
 
@@ -440,10 +470,6 @@ class Peaks:
                 pss += info.pss if with_pss else 0
                 main = info.rss if index == 0 else main
         self.pss, self.rss, self.main = max(self.pss, pss), max(self.rss, rss), max(self.main, main)
-
-    def merge(self, other: Peaks) -> None:
-        """Keep the larger of each peak."""
-        self.pss, self.rss, self.main = max(self.pss, other.pss), max(self.rss, other.rss), max(self.main, other.main)
 
 
 class Sampler:
@@ -495,10 +521,8 @@ class TreeMonitor(Sampler):
         """Fold the tree's current memory into the peaks (a process that just ended is skipped)."""
         import psutil
 
-        try:
+        with contextlib.suppress(psutil.Error):
             self.peaks.add_sample([self._root, *self._root.children(recursive=True)], with_pss=full)
-        except psutil.Error:
-            return
 
 
 @dataclass
@@ -512,7 +536,7 @@ class Measured:
     output: str
 
 
-def run_measured(argv: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None) -> Measured:
+def run_measured(argv: Sequence[str], cwd: Path) -> Measured:
     """Run a command to completion; return its wall time and peak memory.
 
     Peak memory from sampling (:class:`Peaks`) and, exact, the kernel's ``ru_maxrss`` of the largest single
@@ -520,7 +544,7 @@ def run_measured(argv: Sequence[str], cwd: Path, env: Mapping[str, str] | None =
     """
     with tempfile.TemporaryFile("w+") as log:
         started = time.perf_counter()
-        process = subprocess.Popen(list(argv), cwd=cwd, env=dict(env) if env else None, stdout=log, stderr=log)
+        process = subprocess.Popen(list(argv), cwd=cwd, env=tool_env(), stdout=log, stderr=log)
         with TreeMonitor(process.pid) as monitor:
             _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - started
@@ -544,99 +568,8 @@ def scratch(prefix: str) -> Iterator[Path]:
 
 def tool_env() -> dict[str, str]:
     """Environment for subprocesses: this venv's scripts first, quiet TensorFlow, no telemetry."""
-    from cvpipe.pipeline.workspace import tool_env as workspace_env
+    from cvpipe.pipeline.commands import tool_env as workspace_env
 
     env = workspace_env()
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
     return env
-
-
-# ------------------------------------------------------------------------------------- remote contenders
-
-_PROTOCOL = "@@bench "
-
-
-class Remote:
-    """Contenders that live in a child process, timed from here like local ones.
-
-    The seed's side runs TensorFlow; keeping it in its own process leaves cvpipe's side as it runs in
-    production (no TensorFlow loaded, so its process pool forks a small process) and keeps the two from
-    sharing one interpreter's threads.
-    """
-
-    def __init__(self, factory: str, config: Mapping[str, Any]) -> None:
-        """Start ``python -c serve(...)``: ``factory`` is ``module:function`` returning name -> callable."""
-        code = "import sys; from bench.common import serve; serve(sys.argv[1], sys.argv[2])"
-        self._process = subprocess.Popen(
-            [sys.executable, "-c", code, factory, json.dumps(config)],
-            cwd=ROOT,
-            env=tool_env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self._info: dict[str, Any] | None = None
-
-    @property
-    def info(self) -> dict[str, Any]:
-        """What the child said once its contenders were built (waits for it; setup overlaps local work)."""
-        if self._info is None:
-            self._info = self._reply()
-        return self._info
-
-    def _reply(self) -> dict[str, Any]:
-        assert self._process.stdout is not None
-        for line in self._process.stdout:
-            if line.startswith(_PROTOCOL):
-                reply: dict[str, Any] = json.loads(line[len(_PROTOCOL) :])
-                if "error" in reply:
-                    raise RuntimeError(f"benchmark child failed: {reply['error']}")
-                return reply
-        raise RuntimeError(f"benchmark child exited ({self._process.wait()}) without answering")
-
-    def call(self, name: str) -> dict[str, Any]:
-        """Run contender ``name`` in the child once; return its reply (``seconds`` and what it adds)."""
-        assert self._process.stdin is not None
-        _ = self.info
-        self._process.stdin.write(name + "\n")
-        self._process.stdin.flush()
-        return self._reply()
-
-    def contender(self, name: str) -> Callable[[], object]:
-        """A callable for :func:`alternate`."""
-        return lambda: self.call(name)
-
-    def close(self) -> None:
-        """Stop the child."""
-        if self._process.stdin is not None:
-            self._process.stdin.close()
-        self._process.wait(timeout=60)
-
-    def __enter__(self) -> Remote:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._process.poll() is None:
-            try:
-                self.close()
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-
-
-def serve(factory: str, config_json: str) -> None:
-    """The child's side of :class:`Remote`: build the contenders, then run one per line read on stdin."""
-    module_name, function = factory.split(":")
-    try:
-        made = getattr(importlib.import_module(module_name), function)(**json.loads(config_json))
-        contenders, info = made if isinstance(made, tuple) else (made, {})
-    except Exception as error:
-        print(_PROTOCOL + json.dumps({"error": f"{type(error).__name__}: {error}"}), flush=True)
-        raise
-    print(_PROTOCOL + json.dumps({"ready": True, **info}), flush=True)
-    for line in sys.stdin:
-        cpu_before, started = cpu_seconds(), time.perf_counter()
-        extra = contenders[line.strip()]()
-        reply = {"seconds": time.perf_counter() - started, "cpu": cpu_seconds() - cpu_before}
-        reply.update(extra if isinstance(extra, dict) else {})
-        print(_PROTOCOL + json.dumps(reply), flush=True)

@@ -1,9 +1,9 @@
 """noop and memory: the whole DAG at Kaggle's scale (25,000 archive members), and memory from 5,000 to 25,000.
 
 **noop.** A scratch workspace (``cvpipe.pipeline.workspace.prepare_workspace``: its own git + DVC repo holding the real
-``dvc.yaml``) whose ``data.source: local`` archive has 25,000 small JPEGs in Kaggle's layout. The whole DAG
-is reproduced once for real (tiny split, 32 px, one epoch per variant, two independent stages at a time:
-the no-op's cost does not depend on how long the stages took), then ``dvc repro`` is timed while nothing
+``dvc.yaml``) whose ``data.source: local`` archive has 25,000 64 px JPEGs from cvpipe's synthetic generator.
+The whole DAG is reproduced once for real (tiny split, 32 px, one epoch per variant, two chains of variants
+side by side: the no-op's cost does not depend on how long the stages took), then ``dvc repro`` is timed while nothing
 has changed. For scale: the same with only the ``download`` stage (DVC's start-up and repo-opening floor),
 ``import dvc.cli`` alone, and one no-op after the archive's mtime changed (DVC rehashes it: its state
 database is keyed on inode, mtime and size).
@@ -15,7 +15,7 @@ alone with the same params. Decode gets a split table holding every image (80/10
 ``--feature-counts`` images (default 500 and 2,500, the same 5x step: VGG16 over 25,000 images takes over
 ten minutes on two cores; ``--feature-counts 5000,25000`` runs the full sizes).
 
-    .venv/bin/python bench/dag_scale.py [--images 25000] [--small 5000] [--feature-counts 500,2500]
+    .venv/bin/python -m bench.dag_scale [--images 25000] [--small 5000] [--feature-counts 500,2500]
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bench import common
+from bench.common import Peaks
+from cvpipe.config import SPLITS, VARIANTS
+from cvpipe.layout import ARCHIVE, MANIFEST_NAME, SPLITS_NAME, labels_file, split_file
 
 NOOP_TARGET_SECONDS = 2.0
 GROWTH_TARGET = 0.10
@@ -47,7 +48,6 @@ STAGES = ("ingest", "split", "decode", "features")
 DAG_MEMORY_STAGES = ("ingest", "split")
 """Stages whose memory at the larger count is measured inside the DAG's first run."""
 ARCHIVE_SIDE = 64
-VARIANTS = ("scratch", "scratch_aug", "feature_extraction", "feature_extraction_aug", "fine_tuning")
 
 
 def overrides(archive: Path) -> dict[str, Any]:
@@ -75,7 +75,7 @@ class StageMonitor(common.Sampler):
         self._root = psutil.Process(pid)
         self._watched = set(stages)
         self._stages: dict[int, str | None] = {}  # pid -> stage it runs: a process's command line is read once
-        self.peaks: dict[str, common.Peaks] = {}
+        self.peaks: dict[str, Peaks] = {}
 
     @staticmethod
     def _stage_of(cmdline: Sequence[str]) -> str | None:
@@ -106,33 +106,23 @@ class StageMonitor(common.Sampler):
                 if stage in self._watched:
                     groups.setdefault(stage, []).append(process)
         for stage, group in groups.items():
-            self.peaks.setdefault(stage, common.Peaks()).add_sample(group, with_pss=full)
+            self.peaks.setdefault(stage, Peaks()).add_sample(group, with_pss=full)
 
 
-def dvc_repro(workspace: Path, *args: str, watch: Collection[str] = ()) -> tuple[float, str, dict[str, common.Peaks]]:
-    """Run ``dvc repro`` in ``workspace``; return its wall time, output and the peak memory of the ``watch`` stages."""
-    from cvpipe.pipeline.workspace import dvc
+def dvc_repro(workspace: Path, *targets: str, watch: Collection[str] = ()) -> tuple[common.StageRun, dict[str, Peaks]]:
+    """Run ``dvc repro`` in ``workspace``; return the run and the peak memory of the ``watch`` stages."""
+    from cvpipe.pipeline.commands import dvc
 
-    started = time.perf_counter()
-    argv = [*dvc("--wait-for-lock", "repro", *args)]
-    process = subprocess.Popen(
-        argv, cwd=workspace, env=common.tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    with StageMonitor(process.pid, watch) if watch else contextlib.nullcontext() as watcher:
-        output, _ = process.communicate()
-    seconds = time.perf_counter() - started
-    if process.returncode != 0:
-        raise RuntimeError(f"dvc repro {' '.join(args)} failed in {workspace}:\n{output[-3000:]}")
-    return seconds, output, watcher.peaks if watcher is not None else {}
+    monitors: list[StageMonitor] = []
 
+    def monitor(pid: int) -> StageMonitor:
+        monitors.append(StageMonitor(pid, watch))
+        return monitors[-1]
 
-def stage_graph(workspace: Path) -> dict[str, set[str]]:
-    """Each stage of the workspace's DAG (``train@scratch``, ...) and the stages it depends on."""
-    from dvc.repo import Repo
-
-    with Repo(str(workspace)) as repo:
-        graph = repo.index.graph
-        return {stage.name: {dep.name for dep in graph.successors(stage)} for stage in graph.nodes}
+    done = common.run_stages(dvc("--wait-for-lock", "repro", *targets), workspace, monitor if watch else None)
+    if done.returncode != 0:
+        raise RuntimeError(f"dvc repro {' '.join(targets)} failed in {workspace}:\n{done.output[-3000:]}")
+    return done, monitors[0].peaks if monitors else {}
 
 
 @dataclass
@@ -142,41 +132,32 @@ class FirstRun:
     seconds: float = 0.0
     output: str = ""
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    peaks: dict[str, common.Peaks] = field(default_factory=dict)
+    peaks: dict[str, Peaks] = field(default_factory=dict)
 
 
-def reproduce_in_parallel(workspace: Path, jobs: int = 2, watch: Collection[str] = DAG_MEMORY_STAGES) -> FirstRun:
-    """Reproduce the whole DAG, up to ``jobs`` independent stages at a time, watching the memory of ``watch``.
+def reproduce_two_at_a_time(workspace: Path, watch: Collection[str] = DAG_MEMORY_STAGES) -> FirstRun:
+    """Reproduce the whole DAG: the data stages, then two chains of variants side by side, then the rest.
 
-    Each stage is its own ``dvc repro --single-item`` (DVC releases its repo lock while a stage's command
-    runs, so stages that share no outputs run side by side); the five training variants and their
-    evaluations are independent, so the first run of the DAG takes about half as long on two cores.
+    DVC releases its repo lock while a stage's command runs, so two ``dvc repro`` of stages that share no
+    outputs run side by side (``--wait-for-lock`` for the moments they both hold it); on two cores the five
+    independent trainings then take about half as long. fine_tuning starts from feature_extraction_aug's
+    model, so those two share a chain.
     """
-    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+    from concurrent.futures import ThreadPoolExecutor
 
     started = time.perf_counter()
-    needs = stage_graph(workspace)
-    result = FirstRun()
-    outputs: list[str] = []
-    running: dict[Future[tuple[float, str, dict[str, common.Peaks]]], str] = {}
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        while len(result.stage_seconds) < len(needs):
-            done, busy = set(result.stage_seconds), set(running.values())
-            ready = [name for name in needs if name not in done and name not in busy and needs[name] <= done]
-            for name in ready[: jobs - len(running)]:
-                watched = [stage for stage in watch if name.split("@")[0] == stage]
-                running[pool.submit(dvc_repro, workspace, name, "--single-item", watch=watched)] = name
-            if not running:
-                raise RuntimeError(f"stages left that can never run: {sorted(set(needs) - done)}")
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                seconds, output, stage_peaks = future.result()
-                outputs.append(output)
-                for stage, value in stage_peaks.items():
-                    result.peaks.setdefault(stage, common.Peaks()).merge(value)
-                result.stage_seconds[running.pop(future)] = seconds
-    result.seconds, result.output = time.perf_counter() - started, "\n".join(outputs)
-    return result
+    data, peaks = dvc_repro(workspace, "features", watch=watch)
+    chains = [[f"evaluate@{variant}" for variant in chain] for chain in (VARIANTS[:3], VARIANTS[3:])]
+    with ThreadPoolExecutor(max_workers=len(chains)) as pool:
+        variants = [run for run, _ in pool.map(lambda chain: dvc_repro(workspace, *chain), chains)]
+    rest, _ = dvc_repro(workspace)
+    runs = [data, *variants, rest]
+    return FirstRun(
+        time.perf_counter() - started,
+        "\n".join(run.output for run in runs),
+        {name: took for run in runs for name, took in run.stages},
+        peaks,
+    )
 
 
 def timed(argv: Sequence[str], cwd: Path) -> float:
@@ -190,10 +171,10 @@ def noop_runs(workspace: Path, count: int, *args: str) -> list[float]:
     """Time ``count`` no-op ``dvc repro`` runs, checking that nothing ran."""
     seconds = []
     for _ in range(count):
-        wall, output, _ = dvc_repro(workspace, *args)
-        if "Running stage" in output:
-            raise RuntimeError(f"the workspace was not up to date:\n{output[-2000:]}")
-        seconds.append(wall)
+        done, _ = dvc_repro(workspace, *args)
+        if done.stages:
+            raise RuntimeError(f"the workspace was not up to date:\n{done.output[-2000:]}")
+        seconds.append(done.seconds)
     return seconds
 
 
@@ -202,7 +183,7 @@ def noop_runs(workspace: Path, count: int, *args: str) -> list[float]:
 
 def write_params(folder: Path, archive: Path) -> Path:
     """The project's params.yaml with :func:`overrides` merged in, as a stage reads it."""
-    from cvpipe.pipeline.workspace import deep_merge
+    from cvpipe.config import deep_merge
 
     base = yaml.safe_load((common.ROOT / "params.yaml").read_text(encoding="utf-8")) or {}
     path = folder / "params.yaml"
@@ -213,7 +194,7 @@ def write_params(folder: Path, archive: Path) -> Path:
 def cvpipe_stage(stage: str, params: Path, *args: str | Path) -> common.Measured:
     """Run one ``cvpipe`` stage command; return its measurement (it must succeed)."""
     argv = [str(Path(sys.executable).with_name("cvpipe")), stage, *map(str, args), "--params", str(params)]
-    measured = common.run_measured(argv, cwd=params.parent, env=common.tool_env())
+    measured = common.run_measured(argv, cwd=params.parent)
     if measured.returncode != 0:
         raise RuntimeError(f"cvpipe {stage} failed:\n{measured.output[-3000:]}")
     return measured
@@ -231,7 +212,7 @@ def all_images_split(archive: Path, out: Path) -> Path:
     table = pd.DataFrame({"member": members})
     table["label"] = [Path(member).name.split(".")[0] for member in members]
     table["label_index"] = table["label"].map(common.CLASSES.index).astype("int64")
-    table["split"] = np.array(["train"] * 8 + ["val", "test"])[np.arange(len(table)) % 10]
+    table["split"] = np.array([SPLITS[0]] * 8 + list(SPLITS[1:]))[np.arange(len(table)) % 10]
     table["row"] = table.groupby("split").cumcount()
     table["sha256"] = table["group"] = table["member"]  # not read by decode
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -242,11 +223,11 @@ def all_images_split(archive: Path, out: Path) -> Path:
 def features_input(decoded: Path, count: int, dest: Path) -> Path:
     """A decoded-image cache holding the first ``count`` train images of ``decoded``."""
     dest.mkdir(parents=True, exist_ok=True)
-    images = np.load(decoded / "train.npy", mmap_mode="r")
+    images = np.load(split_file(decoded, "train"), mmap_mode="r")
     if count > len(images):
         raise ValueError(f"{count} feature images asked, the decoded cache has {len(images)}")
-    np.save(dest / "train.npy", np.asarray(images[:count]))
-    np.save(dest / "train_labels.npy", np.load(decoded / "train_labels.npy")[:count])
+    np.save(split_file(dest, "train"), np.asarray(images[:count]))
+    np.save(labels_file(dest, "train"), np.load(labels_file(decoded, "train"))[:count])
     return dest
 
 
@@ -256,13 +237,13 @@ def memory_runs(
     """Run ingest and split at ``small`` members, decode at both sizes, features at ``feature_counts``."""
     folder.mkdir()
     params = write_params(folder, small_path)
-    manifest = "manifest/images.parquet"
+    manifest = f"manifest/{MANIFEST_NAME}"
     measured = {
         ("ingest", small): cvpipe_stage("ingest", params, "--archive", small_path, "--out", "manifest"),
         ("split", small): cvpipe_stage("split", params, "--manifest", manifest, "--out", "splits"),
     }
     for count, archive in ((small, small_path), (images, big)):
-        table = all_images_split(archive, folder / f"all-{count}/splits.parquet")
+        table = all_images_split(archive, folder / f"all-{count}" / SPLITS_NAME)
         measured[("decode", count)] = cvpipe_stage(
             "decode", params, "--archive", archive, "--splits", table, "--out", f"decoded-{count}"
         )
@@ -304,7 +285,7 @@ def first_run_with_memory(
 
     def first_run() -> None:
         try:
-            dag["run"] = reproduce_in_parallel(workspace)
+            dag["run"] = reproduce_two_at_a_time(workspace)
         except Exception as error:  # re-raised below, in the main thread
             dag["error"] = str(error)
 
@@ -325,7 +306,7 @@ def time_noops(workspace: Path, count: int) -> NoopTimes:
     whole = noop_runs(workspace, count)
     floor = noop_runs(workspace, max(3, count // 2), "download", "--single-item")
     imports = [timed([sys.executable, "-c", "import dvc.cli"], workspace) for _ in range(3)]
-    os.utime(workspace / "data/raw/images.zip")  # same bytes, new mtime: a state-database miss
+    os.utime(workspace / ARCHIVE)  # same bytes, new mtime: a state-database miss
     return NoopTimes(whole, floor, imports, noop_runs(workspace, 1)[0])
 
 
@@ -356,7 +337,7 @@ def noop_result(
 
 
 def memory_result(
-    peaks: dict[tuple[str, int], common.Peaks],
+    peaks: dict[tuple[str, int], Peaks],
     seconds: dict[tuple[str, int], float],
     small: int,
     images: int,
@@ -423,7 +404,7 @@ def run(
     """
     from cvpipe.pipeline.workspace import prepare_workspace
 
-    archives = common.small_archive(images, side, cache), common.small_archive(small, side, cache)
+    archives = common.synthetic_archive(images, cache, side), common.synthetic_archive(small, cache, side)
     with common.scratch("dag") as work:
         workspace = prepare_workspace(common.ROOT, work / "workspace", overrides(archives[0]))
         with _step(f"whole DAG at {images} members, memory runs alongside"):
@@ -431,7 +412,7 @@ def run(
         with _step("no-op runs"):
             noops = time_noops(workspace, noop_count)
         lock_stages = len((yaml.safe_load((workspace / "dvc.lock").read_text()) or {}).get("stages", {}))
-    peaks = {(stage, images): first.peaks.get(stage, common.Peaks()) for stage in DAG_MEMORY_STAGES}
+    peaks = {(stage, images): first.peaks.get(stage, Peaks()) for stage in DAG_MEMORY_STAGES}
     peaks.update({key: value.peaks for key, value in measured.items()})
     seconds = {key: value.seconds for key, value in measured.items()}
     archive_mib = archives[0].stat().st_size / 2**20
@@ -441,19 +422,15 @@ def run(
     ]
 
 
-def main() -> None:
-    """Run at the sizes given on the command line (``--images 2000 --small 400 --feature-counts 20,100`` to try)."""
+if __name__ == "__main__":
+    quick = common.QUICK  # the whole DAG still runs once: a few minutes
     common.run_main(
         "dag-scale",
         __doc__,
         run,
-        images=25_000,
-        small=5_000,
-        feature_counts=(500, 2_500),
+        images=200 if quick else 25_000,
+        small=40 if quick else 5_000,
+        feature_counts=(8, 40) if quick else (500, 2_500),
         side=ARCHIVE_SIDE,
-        noop_count=NOOP_RUNS,
+        noop_count=1 if quick else NOOP_RUNS,
     )
-
-
-if __name__ == "__main__":
-    main()

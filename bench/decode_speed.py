@@ -1,6 +1,7 @@
 """decode: JPEG -> 180 x 180 RGB, cvpipe's decode stage against the seed's loader and the decode limit.
 
-On the same Kaggle-like JPEGs (cvpipe's synthetic generator, 300-500 px, ~30 KB each), in alternating rounds:
+On the same Kaggle-like JPEGs (cvpipe's synthetic generator, 300-500 px, ~30 KB each), in alternating rounds,
+each contender in its own process, set up and warmed before its one timed pass:
 
 - **cvpipe**: ``cvpipe.stages.decode.decode_split`` (the decode stage's work for one split: read from the zip,
   DCT-scaled decode, orient, squash, write the .npy), a process per core.
@@ -12,20 +13,18 @@ On the same Kaggle-like JPEGs (cvpipe's synthetic generator, 300-500 px, ~30 KB 
 
 Targets: >= 2x the seed's images/s, and within 1.3x of the decode limit's time.
 
-    .venv/bin/python bench/decode_speed.py [--images 2000] [--rounds 3]
+    .venv/bin/python -m bench.decode_speed [--images 2000] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import functools
-import sys
+import io
 import time
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common
 
@@ -33,43 +32,50 @@ SIZE = 180
 BATCH = 32
 SPEED_TARGET = 2.0
 LIMIT_TARGET = 1.3
+_WARM_IMAGES = 64
 
 
-# ------------------------------------------------------------------------------------------ seed side (child)
+# ------------------------------------------------------------------------------------- contenders (children)
 
 
-def seed_contenders(folder: str, size: int, batch: int) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
-    """The TensorFlow contenders, built in the child process: the seed's loader and tf.data's DCT decode."""
+def seed(folder: str, size: int) -> dict[str, float]:
+    """The seed's loader: one epoch of ``image_dataset_from_directory``, its functions built by a first batch."""
+    dataset = common.seed_dataset(folder, size, BATCH)
+    common.count_batches(dataset.take(1))
+    return common.measure(lambda: common.count_batches(dataset))
+
+
+def tf_dct(folder: str, size: int) -> dict[str, float]:
+    """The decode limit in tf.data: ``tf.io.decode_jpeg`` at the decode stage's DCT scale, nothing else."""
     import tensorflow as tf
-
-    dataset = common.seed_dataset(folder, size, batch)
-    files = sorted(str(path) for path in Path(folder).glob("*/*.jpg"))
 
     def dct_decode(path: Any) -> Any:
         data = tf.io.read_file(path)
         shape = tf.io.extract_jpeg_shape(data)
         short = tf.minimum(shape[0], shape[1])
         # The largest of 1, 2, 4, 8 that keeps the short side >= size: the decode stage's DCT scale.
-        branch = tf.cast(short >= 2 * size, tf.int32) + tf.cast(short >= 4 * size, tf.int32)
-        branch += tf.cast(short >= 8 * size, tf.int32)
+        branch = sum(tf.cast(short >= factor * size, tf.int32) for factor in (2, 4, 8))
         image = tf.switch_case(
             branch, [functools.partial(tf.io.decode_jpeg, data, channels=3, ratio=r) for r in (1, 2, 4, 8)]
         )
         return tf.shape(image)  # the pixels are decoded; only their shape leaves tf.data
 
+    files = sorted(str(path) for path in Path(folder).glob("*/*.jpg"))
     limit = tf.data.Dataset.from_tensor_slices(files).map(dct_decode, num_parallel_calls=tf.data.AUTOTUNE)
-    limit = limit.batch(batch).prefetch(tf.data.AUTOTUNE)
-
-    common.count_batches(dataset.take(1))  # build tf.data's functions before anything is timed
+    limit = limit.batch(BATCH).prefetch(tf.data.AUTOTUNE)
     common.count_batches(limit.take(1))
-    contenders = {
-        "seed": functools.partial(common.count_batches, dataset),
-        "tf_dct": functools.partial(common.count_batches, limit),
-    }
-    return contenders, {"files": len(files)}
+    return common.measure(lambda: common.count_batches(limit))
 
 
-# --------------------------------------------------------------------------------------------- cvpipe side
+def cvpipe(archive: str, out: str, size: int) -> dict[str, float]:
+    """The decode stage's work for one split, a process per core (its pool started inside the timing)."""
+    from cvpipe.config import ImageConfig
+    from cvpipe.stages.decode import decode_split
+
+    members = common.image_members(Path(archive))
+    cfg = ImageConfig(size=size, workers=0)
+    decode_split(Path(archive), members[:_WARM_IMAGES], Path(out), cfg)  # imports and loads the decoders
+    return common.measure(lambda: decode_split(Path(archive), members, Path(out), cfg))
 
 
 def _dct_decode_chunk(archive_path: Path, size: int, members: Sequence[str]) -> list[int]:
@@ -89,18 +95,17 @@ def _dct_decode_chunk(archive_path: Path, size: int, members: Sequence[str]) -> 
     return sides
 
 
-def cvpipe_contenders(archive: Path, members: Sequence[str], out: Path, size: int) -> dict[str, Callable[[], Any]]:
-    """cvpipe's decode stage and the simplejpeg decode limit, both on every core."""
-    from cvpipe.config import ImageConfig
+def simplejpeg_dct(archive: str, size: int) -> dict[str, float]:
+    """The decode limit in processes: simplejpeg's DCT-scaled decode on every core, nothing else."""
     from cvpipe.parallel import map_chunks
-    from cvpipe.stages.decode import decode_split
 
-    cfg = ImageConfig(size=size, workers=0)
-    limit = functools.partial(_dct_decode_chunk, archive, size)
-    return {
-        "cvpipe": lambda: decode_split(archive, members, out, cfg),
-        "simplejpeg_dct": lambda: map_chunks(limit, list(members), common.cores()),
-    }
+    members = common.image_members(Path(archive))
+    limit = functools.partial(_dct_decode_chunk, Path(archive), size)
+    limit(members[:_WARM_IMAGES])
+    return common.measure(lambda: map_chunks(limit, members, common.cores()))
+
+
+SIDES = {"cvpipe": cvpipe, "simplejpeg_dct": simplejpeg_dct, "seed": seed, "tf_dct": tf_dct}
 
 
 # ---------------------------------------------------------------------------------------------- per image
@@ -108,8 +113,6 @@ def cvpipe_contenders(archive: Path, members: Sequence[str], out: Path, size: in
 
 def per_image_costs(archive: Path, members: Sequence[str], size: int, sample: int = 200) -> dict[str, float]:
     """Milliseconds per image on one core for each step of the decode stage (best of 5 passes)."""
-    import io
-
     from PIL import Image
 
     from cvpipe.imaging.images import _decode_plain_jpeg, load_rgb, squash
@@ -146,17 +149,18 @@ def per_image_costs(archive: Path, members: Sequence[str], size: int, sample: in
 
 def run(images: int = 2000, rounds: int = 3, size: int = SIZE, cache: Path | None = None) -> list[common.Result]:
     """Measure and return the decode result row."""
-    archive = common.kaggle_like_archive(images, cache)
+    archive = common.synthetic_archive(images, cache)
     members = common.image_members(archive)
     with common.scratch("decode") as work:
         folder = common.extract_to_folders(archive, work / "folders", members)
-        config = {"folder": str(folder), "size": size, "batch": BATCH}
-        with common.Remote("bench.decode_speed:seed_contenders", config) as seed:
-            local = cvpipe_contenders(archive, members, work / "train.npy", size)
-            contenders = {**local, "seed": seed.contender("seed"), "tf_dct": seed.contender("tf_dct")}
-            for run_once in contenders.values():  # warm the page cache and the libraries
-                run_once()
-            times = common.alternate(contenders, rounds)
+        tf_side = {"folder": str(folder), "size": size}
+        sides = {
+            "cvpipe": {"archive": str(archive), "out": str(work / "train.npy"), "size": size},
+            "simplejpeg_dct": {"archive": str(archive), "size": size},
+            "seed": tf_side,
+            "tf_dct": tf_side,
+        }
+        times = common.alternate("decode_speed", sides, rounds)
         costs = per_image_costs(archive, members, size)
     rate = {name: images / common.median(timing.wall) for name, timing in times.items()}
     cpu_ms = {name: common.median(timing.cpu) / images * 1e3 for name, timing in times.items()}
@@ -172,8 +176,9 @@ def run(images: int = 2000, rounds: int = 3, size: int = SIZE, cache: Path | Non
     }
     details = [
         f"{images} synthetic Kaggle-like JPEGs (300-500 px, {archive.stat().st_size / images / 1024:.0f} KB "
-        f"on average) -> {size}x{size}x3 uint8 on {common.cores()} cores, {rounds} alternating rounds; images/s from "
-        "the median round's wall time, CPU ms/image from the median round's CPU time (all threads and processes)",
+        f"on average) -> {size}x{size}x3 uint8 on {common.cores()} cores, {rounds} alternating rounds, each "
+        "contender in its own process; images/s from the median round's wall time, CPU ms/image from the median "
+        "round's CPU time (all threads and processes)",
         *[
             f"{labels[name]}: {rate[name]:.0f} images/s, {cpu_ms[name]:.2f} CPU ms/image "
             f"(wall rounds: {common.runs(times[name].wall)})"
@@ -201,10 +206,14 @@ def run(images: int = 2000, rounds: int = 3, size: int = SIZE, cache: Path | Non
     ]
 
 
-def main() -> None:
-    """Run at the sizes given on the command line (``--size 32 --images 40`` for a quick check)."""
-    common.run_main("decode", __doc__, run, images=2000, rounds=3, size=SIZE)
-
-
 if __name__ == "__main__":
-    main()
+    quick = common.QUICK
+    common.run_main(
+        "decode",
+        __doc__,
+        run,
+        SIDES,
+        images=40 if quick else 2000,
+        rounds=1 if quick else 3,
+        size=32 if quick else SIZE,
+    )

@@ -14,7 +14,7 @@ wheels. ImageNet weights cannot be downloaded there, so the VGG16 base has seede
 Curves are not sent to dvclive (it imports DVC, which the machine lacks): ``train_variant(live=False)``.
 
     bash bench/gpu/run.sh                          # on the GPU machine: install from wheels, full check
-    KERAS_BACKEND=jax JAX_PLATFORMS=cpu .venv/bin/python bench/gpu_check.py --per-class 4 4 4 --size 32 \
+    KERAS_BACKEND=jax JAX_PLATFORMS=cpu .venv/bin/python -m bench.gpu_check --per-class 4 4 4 --size 32 \
         --epochs 2 --matmul-size 64 --features-batch-size 8 --out /tmp/gpu-check.md     # CPU smoke test
 
 The Markdown table goes to ``--out`` (default ``$OUT/gpu-check.md`` when ``$OUT`` is set, else
@@ -25,7 +25,6 @@ leaves what it measured; a JSON with the raw figures goes next to it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -44,8 +43,10 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-SPLITS: tuple[str, str, str] = ("train", "val", "test")
+from bench.common import ROOT, cpu_model
+from cvpipe.config import SPLITS
+from cvpipe.layout import labels_file, split_file
+
 CLASS_NAMES: tuple[str, str] = ("ellipse", "rectangle")
 SEED_PER_CLASS: tuple[int, int, int] = (1000, 500, 1000)
 SEED_SIZE = 180
@@ -138,8 +139,8 @@ def write_image_cache(folder: Path, per_class: Sequence[int], size: int, seed: i
     counts = {}
     for index, (split, n) in enumerate(zip(SPLITS, per_class, strict=True)):
         images, labels = synthetic_split(n, size, seed, index)
-        np.save(folder / f"{split}.npy", images)
-        np.save(folder / f"{split}_labels.npy", labels)
+        np.save(split_file(folder, split), images)
+        np.save(labels_file(folder, split), labels)
         counts[split] = len(labels)
     return counts
 
@@ -371,20 +372,10 @@ def machine_info(argv: Sequence[str]) -> dict[str, str]:
     import keras
 
     device = jax.devices()[0]
-    cpu = ""
-    with contextlib.suppress(OSError):
-        cpu = next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            "",
-        )
     return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "device": f"{len(jax.devices())} x {device.device_kind} ({device.platform})",
-        "cpu": f"{os.cpu_count()} cores, {cpu or platform.processor() or 'unknown CPU'}",
+        "cpu": f"{os.cpu_count()} cores, {cpu_model()}",
         "versions": f"Python {platform.python_version()}, jax {jax.__version__}, keras {keras.__version__} "
         f"(backend {keras.backend.backend()}), numpy {np.__version__}",
         "command": " ".join(shlex.quote(arg) for arg in ["python", *argv]),
@@ -395,7 +386,7 @@ def machine_info(argv: Sequence[str]) -> dict[str, str]:
 
 
 def _load(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    return np.load(folder / f"{split}.npy", mmap_mode="r"), np.load(folder / f"{split}_labels.npy")
+    return np.load(split_file(folder, split), mmap_mode="r"), np.load(labels_file(folder, split))
 
 
 def run_features(images: Path, out: Path, batch_size: int, bf16_rate: float) -> Row:
@@ -411,21 +402,21 @@ def run_features(images: Path, out: Path, batch_size: int, bf16_rate: float) -> 
     started = time.perf_counter()
     summary = extract_features(images, out, FeaturesConfig(weights="none", batch_size=batch_size))
     seconds = time.perf_counter() - started
-    splits = summary["splits"]
+    splits = summary.splits
     last = splits[list(splits)[-1]]
-    rate = last["count"] / last["seconds"] if last["seconds"] > 0 else float("nan")
-    side = int(np.load(images / "train.npy", mmap_mode="r").shape[1])
+    rate = last.count / last.seconds if last.seconds > 0 else float("nan")
+    side = int(np.load(split_file(images, SPLITS[0]), mmap_mode="r").shape[1])
     forward, _ = model_flops(vgg16_conv_base((side, side, 3)))
     return Row(
         name="features (VGG16 pass)",
-        images=sum(int(info["count"]) for info in splits.values()),
+        images=sum(info.count for info in splits.values()),
         seconds=seconds,
         images_per_second=rate,
         flops_per_second=rate * forward,
         peak_fraction=rate * forward / bf16_rate,
         peak_memory=peak_memory_bytes(),
         precision="float32 (stage default)",
-        note="all splits: " + ", ".join(f"{s} {info['images_per_second']:.0f}/s" for s, info in splits.items()),
+        note="all splits: " + ", ".join(f"{s} {info.images_per_second:.0f}/s" for s, info in splits.items()),
     )
 
 
@@ -491,7 +482,7 @@ def run_variant(
     row = Row(
         name=variant,
         images=n_train,
-        epochs=int(summary["epochs_run"]),
+        epochs=summary.epochs_run,
         seconds=seconds,
         eval_seconds=eval_seconds,
         first_epoch=timer.seconds[0] if timer.seconds else float("nan"),
@@ -501,8 +492,8 @@ def run_variant(
         peak_fraction=flops / bf16_rate,
         peak_memory=peak_memory_bytes(),
         test_accuracy=float(metrics["accuracy"]),
-        precision=str(summary["precision"]),
-        note=f"best epoch {summary['best_epoch']}",
+        precision=summary.precision,
+        note=f"best epoch {summary.best_epoch}",
     )
     return row
 
@@ -654,7 +645,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the check and print the table."""
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("KERAS_BACKEND", "jax")  # before keras is imported: JAX is what the GPU machine has
-    sys.path.insert(0, str(ROOT))
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

@@ -11,28 +11,30 @@ already reproduced so every stage is up to date):
 
 Prints a table and writes ``bench/results/prefect-<date>.md`` with the machine and the command.
 
-    .venv/bin/python bench/prefect_overhead.py [--runs 3] [--interval 15]
+    .venv/bin/python -m bench.prefect_overhead [--runs 3] [--interval 15]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
-import platform
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import httpx
 
-from bench.common import cpu_model  # noqa: E402
-from cvpipe.pipeline.workspace import dvc, prepare_workspace, run_tool  # noqa: E402
-from tests.support.prefect_server import Api, running_server, start_process, wait_for  # noqa: E402
+from bench import common
+from cvpipe.pipeline.commands import dvc, kill_tree, run_tool, tool_env
+from cvpipe.pipeline.workspace import prepare_workspace
 
 TINY: dict[str, Any] = {
     "data": {"source": "synthetic", "synthetic": {"per_class": 40, "min_side": 64, "max_side": 96}},
@@ -40,6 +42,7 @@ TINY: dict[str, Any] = {
     "image": {"size": 32},
 }
 TARGET = "decode"
+STARTUP_SECONDS = 180  # a loaded 2-core machine takes well over Prefect's default 30 s to start a server
 
 
 def time_dvc_noop(workspace: Path, repeats: int) -> list[float]:
@@ -52,32 +55,80 @@ def time_dvc_noop(workspace: Path, repeats: int) -> list[float]:
     return times
 
 
-def completed_runs(api: Api) -> list[dict[str, Any]]:
-    return api.flow_runs({"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}, "sort": "EXPECTED_START_TIME_ASC"})
-
-
 def seconds_between(start: str, end: str) -> float:
     return (dt.datetime.fromisoformat(end) - dt.datetime.fromisoformat(start)).total_seconds()
 
 
+def wait_for(predicate: Any, timeout: float, what: str, procs: list[subprocess.Popen[bytes]]) -> Any:
+    """Poll ``predicate`` every second until it returns something truthy; fail if a process exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(proc.poll() is not None for proc in procs):
+            raise RuntimeError(f"a process exited while waiting for {what}")
+        with contextlib.suppress(httpx.HTTPError):
+            if value := predicate():
+                return value
+        time.sleep(1)
+    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@contextlib.contextmanager
+def prefect_server(scratch: Path) -> Iterator[tuple[str, dict[str, str], list[subprocess.Popen[bytes]]]]:
+    """``prefect server start`` on a free 127.0.0.1 port; yields (API URL, env, processes stopped on exit)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    env = {
+        **tool_env(),
+        "PREFECT_HOME": str(scratch / "prefect-home"),
+        "PREFECT_API_URL": url,
+        "PREFECT_SERVER_UI_ENABLED": "false",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    argv = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with open(scratch / "server.log", "wb") as log:
+        procs = [subprocess.Popen(argv, env=env, cwd=scratch, stdout=log, stderr=subprocess.STDOUT)]
+    try:
+        wait_for(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, STARTUP_SECONDS, "the server", procs)
+        yield url, env, procs
+    finally:
+        for proc in reversed(procs):  # the server last
+            kill_tree(proc.pid)
+            proc.wait(timeout=30)
+
+
+def post(url: str, path: str, payload: dict[str, Any]) -> Any:
+    response = httpx.post(f"{url}{path}", json=payload, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
 def scheduled_runs(workspace: Path, scratch: Path, runs: int, interval: float) -> list[dict[str, float]]:
-    with running_server(scratch, show_logs=False) as (url, env, procs):
-        api = Api(url)
-        serve = [sys.executable, "-m", "flows.pipeline", "--serve", "--interval", str(interval), "--name", "bench"]
+    with prefect_server(scratch) as (url, env, procs):
+        serve = [sys.executable, "-m", "cvpipe.cli", "flow", "serve", "--interval", str(interval), "--name", "bench"]
         serve += ["--project-dir", str(workspace), "--target", TARGET]
-        procs["serve"] = start_process("serve", serve, env, scratch / "logs", ROOT)
+        with open(scratch / "serve.log", "wb") as log:
+            procs.append(subprocess.Popen(serve, env=env, cwd=common.ROOT, stdout=log, stderr=subprocess.STDOUT))
+        query = {"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}, "sort": "EXPECTED_START_TIME_ASC"}
         done = wait_for(
-            lambda: (found := completed_runs(api)) and len(found) > runs and found,
+            lambda: (found := post(url, "/flow_runs/filter", query)) and len(found) > runs and found,
             90 + (runs + 1) * interval * 3,
             "the scheduled runs",
             procs,
         )
+
+        def task_seconds(run_id: str) -> float:
+            tasks = post(url, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})
+            return float(sum(task["total_run_time"] for task in tasks))
+
         # The first run is a warm-up: it waits for the runner to start.
         return [
             {
                 "running": seconds_between(run["start_time"], run["end_time"]),
                 "latency": seconds_between(run["expected_start_time"], run["end_time"]),
-                "stages": sum(task["total_run_time"] for task in api.task_runs(run["id"]).values()),
+                "stages": task_seconds(run["id"]),
             }
             for run in done[1 : runs + 1]
         ]
@@ -110,18 +161,13 @@ def summarise(dvc_times: list[float], flow_times: list[dict[str, float]]) -> lis
     ]
 
 
-def machine() -> str:
-    system = f"{platform.system()} {platform.release()}"
-    return f"{os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}, {system}"
-
-
 def write_report(result: str, command: str, load: tuple[float, float]) -> Path:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     lines = [
         f"# Prefect overhead, {now.date().isoformat()}",
         "",
         f"- date: {now.isoformat(timespec='seconds')}",
-        f"- machine: {machine()}",
+        f"- machine: {common.machine_line()}",
         f"- command: `{command}`",
         f"- 1-min load average: {load[0]:.1f} at the start, {load[1]:.1f} at the end (other work shares the machine)",
         "- workspace: the real data stages (download, ingest, split, decode), tiny synthetic data, all up to date",
@@ -131,7 +177,7 @@ def write_report(result: str, command: str, load: tuple[float, float]) -> Path:
         result,
         "",
     ]
-    out = ROOT / "bench" / "results" / f"prefect-{now.date().isoformat()}.md"
+    out = common.RESULTS_DIR / f"prefect-{now.date().isoformat()}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines), encoding="utf-8")
     return out
@@ -146,15 +192,15 @@ def main() -> int:
     load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="cvpipe-bench-") as tmp:
         scratch = Path(tmp)
-        workspace = prepare_workspace(ROOT, scratch / "ws", TINY)
+        workspace = prepare_workspace(common.ROOT, scratch / "ws", TINY)
         run_tool(dvc("repro", TARGET), workspace)
         dvc_times = time_dvc_noop(workspace, args.dvc_repeats)
         flow_times = scheduled_runs(workspace, scratch, args.runs, args.interval)
     result = table(summarise(dvc_times, flow_times))
     print(result)
-    command = "python bench/prefect_overhead.py " + " ".join(sys.argv[1:])
+    command = "python -m bench.prefect_overhead " + " ".join(sys.argv[1:])
     out = write_report(result, command.strip(), (load_start, os.getloadavg()[0]))
-    print(f"\nwritten to {out.relative_to(ROOT)}")
+    print(f"\nwritten to {out}")
     return 0
 
 

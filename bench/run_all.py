@@ -1,6 +1,7 @@
 """Every CPU benchmark, one after the other, each in its own process; one table and one results file.
 
-    .venv/bin/python bench/run_all.py [--only decode,features] [--skip demo]     (make bench)
+    .venv/bin/python -m bench.run_all [--only decode,features] [--skip demo]     (make bench)
+    CVPIPE_BENCH_QUICK=1 .venv/bin/python -m bench.run_all                  (tiny sizes: checks the wiring)
 
 Prints the table (id, cvpipe, seed way, ratio, target, pass/miss) and writes ``bench/results/bench-<date>.md``
 with the date, the machine, the command and every benchmark's details. A benchmark that fails is reported
@@ -18,25 +19,23 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bench import common
 
-# (name, script, ids it reports): the order they run in, cheapest first.
+# (name, module, ids it reports): the order they run in, cheapest first.
 BENCHMARKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("decode", "decode_speed.py", ("decode",)),
-    ("epoch-input", "epoch_input.py", ("epoch-input",)),
-    ("features", "features_speed.py", ("features",)),
-    ("dag", "dag_scale.py", ("noop", "memory")),
-    ("demo", "demo_time.py", ("demo",)),
+    ("decode", "decode_speed", ("decode",)),
+    ("epoch-input", "epoch_input", ("epoch-input",)),
+    ("features", "features_speed", ("features",)),
+    ("dag", "dag_scale", ("noop", "memory")),
+    ("demo", "demo_time", ("demo",)),
 )
 BUDGET_SECONDS = 15 * 60
 
 
-def run_one(script: str, ids: tuple[str, ...], folder: Path, cache: Path | None) -> tuple[list[common.Result], float]:
-    """Run one benchmark script; return its results (or a failure row per id) and its wall seconds."""
-    out = folder / f"{Path(script).stem}.json"
-    argv = [sys.executable, str(common.ROOT / "bench" / script), "--json", str(out)]
+def run_one(module: str, ids: tuple[str, ...], folder: Path, cache: Path | None) -> tuple[list[common.Result], float]:
+    """Run one benchmark module; return its results (or a failure row per id) and its wall seconds."""
+    out = folder / f"{module}.json"
+    argv = [sys.executable, "-m", f"bench.{module}", "--json", str(out)]
     if cache is not None:
         argv += ["--cache", str(cache)]
     started = time.perf_counter()
@@ -44,7 +43,7 @@ def run_one(script: str, ids: tuple[str, ...], folder: Path, cache: Path | None)
     seconds = time.perf_counter() - started
     if completed.returncode == 0 and out.exists():
         return common.load_json(out)[0], seconds
-    failure = f"bench/{script} failed (exit {completed.returncode}); rerun it alone to see why"
+    failure = f"bench.{module} failed (exit {completed.returncode}); rerun it alone to see why"
     return [common.Result(i, "failed", "—", "—", None, "—", False, [failure]) for i in ids], seconds
 
 
@@ -58,24 +57,25 @@ def main() -> None:
     skip = {name for name in args.skip.split(",") if name}
     chosen = [b for b in BENCHMARKS if (not only or b[0] in only) and b[0] not in skip]
 
-    started, t0 = dt.datetime.now(dt.timezone.utc), time.perf_counter()
+    started, t0 = dt.datetime.now(dt.UTC), time.perf_counter()
     results: list[common.Result] = []
     durations: list[str] = []
     with tempfile.TemporaryDirectory(prefix="cvpipe-bench-") as folder:
-        for name, script, ids in chosen:
-            print(f"\n=== {name} (bench/{script}) ===", flush=True)
-            rows, seconds = run_one(script, ids, Path(folder), args.cache)
+        for name, module, ids in chosen:
+            print(f"\n=== {name} (bench.{module}) ===", flush=True)
+            rows, seconds = run_one(module, ids, Path(folder), args.cache)
             results += rows
             durations.append(f"{name} {seconds:.0f} s")
     total = time.perf_counter() - t0
-    command = "python " + " ".join(shlex.quote(arg) for arg in ["bench/run_all.py", *sys.argv[1:]])
+    command = " ".join(shlex.quote(arg) for arg in ["python", "-m", "bench.run_all", *sys.argv[1:]])
     notes = [
+        *(["CVPIPE_BENCH_QUICK=1: tiny sizes, no figure holds"] if common.QUICK else []),
         f"total wall time {total / 60:.1f} min (budget {BUDGET_SECONDS // 60} min): " + ", ".join(durations),
         "a miss is reported with by how much and why; docs/performance.md explains each figure and its bound",
     ]
     path = common.write_markdown("bench", results, command, started, notes)
-    print("\n" + common.table(results))
-    print(f"\ntotal {total / 60:.1f} min; details in {path.relative_to(common.ROOT)}")
+    print(f"\nmachine: {common.machine_line()}\n\n{common.table(results)}")
+    print(f"\ntotal {total / 60:.1f} min; details in {path}")
 
 
 if __name__ == "__main__":

@@ -38,4 +38,4 @@ PY
 if [[ "${1:-}" == "--install-only" ]]; then
     exit 0
 fi
-exec "$PYTHON" bench/gpu_check.py "$@"
+exec "$PYTHON" -m bench.gpu_check "$@"

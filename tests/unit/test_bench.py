@@ -1,8 +1,11 @@
-"""Smoke tests of the benchmark scripts at tiny sizes: they run and report; no timing is asserted."""
+"""The benchmark scripts: their pieces, and each script run whole in its quick mode (no timing is asserted)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -11,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import common, dag_scale, decode_speed, epoch_input, features_speed, run_all
-from cvpipe.config import ImageConfig, Params, parse_params
-from cvpipe.stages import decode as decode_module
-from cvpipe.stages.decode import DecodePaths
+from bench import common, dag_scale, run_all
+from cvpipe.config import ImageConfig, parse_params
+from cvpipe.layout import labels_file, split_file
+from cvpipe.stages import decode
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,11 +58,42 @@ def test_run_main_parses_options_and_writes_json(tmp_path: Path, monkeypatch: py
     assert row.what == f"7 (3, 4) {tmp_path}"
 
 
+def test_run_main_side_runs_one_contender_and_prints_its_json(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["x.py", "--contender", "add", '{"offset": 41}'])
+    sides = {"add": lambda offset: {"value": offset + 1, **common.measure(lambda: None)}}
+    common.run_main("fake", "A fake benchmark.", fake_benchmark, sides, images=1, counts=(1,))
+    reply = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert reply["value"] == 42 and reply["seconds"] >= 0 and reply["cpu"] >= 0
+
+
+def test_alternate_rotates_the_order_every_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def fake_child(module: str, side: str, config: dict[str, int]) -> dict[str, float]:
+        calls.append(side)
+        return {"seconds": float(config["n"]), "cpu": 0.5}
+
+    monkeypatch.setattr(common, "in_child", fake_child)
+    times = common.alternate("m", {"a": {"n": 1}, "b": {"n": 2}, "c": {"n": 3}}, rounds=3)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert times["b"].wall == [2.0] * 3 and times["c"].cpu == [0.5] * 3
+
+
+def test_a_contender_runs_in_its_own_process(tmp_path: Path) -> None:
+    archive = common.synthetic_archive(6, cache=tmp_path, side=64)
+    reply = common.in_child("decode_speed", "simplejpeg_dct", {"archive": str(archive), "size": 32})
+    assert reply["seconds"] > 0 and reply["cpu"] >= 0
+    with pytest.raises(RuntimeError, match="--contender nope failed"):
+        common.in_child("decode_speed", "nope", {})
+
+
 def test_labels_and_seed_batches_count_images() -> None:
     np.testing.assert_array_equal(common.member_labels(["train/dog.3.jpg", "train/cat.10.jpg"]), [1, 0])
     batches = [(np.zeros((4, 2)), np.zeros(4)), (np.zeros((3, 2)), np.zeros(3))]
-    assert common.count_batches(batches) == {"images": 7}
-    assert common.count_batches([np.zeros((5, 1))]) == {"images": 5}
+    assert common.count_batches(batches) == 7
+    assert common.count_batches([np.zeros((5, 1))]) == 5
 
 
 def test_sampler_reads_the_pss_every_tenth_sample() -> None:
@@ -79,8 +113,6 @@ def test_sampler_reads_the_pss_every_tenth_sample() -> None:
 
 
 def test_markdown_names_machine_command_and_details(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import datetime as dt
-
     monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
     started = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
     path = common.write_markdown("demo", [_row(details=["a detail"])], "python bench/x.py", started, ["a note"])
@@ -98,21 +130,21 @@ def test_markdown_names_machine_command_and_details(tmp_path: Path, monkeypatch:
         assert expected in text
 
 
-def test_alternate_rotates_and_measures() -> None:
-    calls: list[str] = []
-    times = common.alternate({"a": lambda: calls.append("a"), "b": lambda: {"seconds": 7.0, "cpu": 1.0}}, rounds=3)
-    assert calls == ["a", "a", "a"]
-    assert times["b"].wall == [7.0] * 3 and times["b"].cpu == [1.0] * 3
-    assert len(times["a"].wall) == 3 and all(value >= 0 for value in times["a"].cpu)
-
-
-def test_small_archive_is_kaggle_layout_and_reused(tmp_path: Path) -> None:
-    path = common.small_archive(20, side=32, cache=tmp_path)
+def test_synthetic_archive_is_kaggle_layout_and_reused(tmp_path: Path) -> None:
+    path = common.synthetic_archive(20, cache=tmp_path, side=32)
     with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-        assert names[:2] == ["train/cat.0.jpg", "train/dog.0.jpg"] and len(names) == 20
+        names = sorted(archive.namelist())
+        assert len(names) == 20 and {"train/cat.0.jpg", "train/dog.9.jpg"} <= set(names)
         assert len({archive.read(name) for name in names}) == 20
-    assert common.small_archive(20, side=32, cache=tmp_path) == path
+    mtime = path.stat().st_mtime_ns
+    assert common.synthetic_archive(20, cache=tmp_path, side=32) == path and path.stat().st_mtime_ns == mtime
+
+
+def test_run_stages_times_each_stage(tmp_path: Path) -> None:
+    code = "import time; print(\"Running stage 'a'\", flush=True); time.sleep(0.2); print(\"Running stage 'b'\")"
+    done = common.run_stages([sys.executable, "-c", code], tmp_path)
+    assert done.returncode == 0 and [name for name, _ in done.stages] == ["a", "b"]
+    assert done.stages[0][1] >= 0.2 and done.seconds >= 0.2
 
 
 def test_run_measured_sees_a_childs_memory(tmp_path: Path) -> None:
@@ -124,27 +156,17 @@ def test_run_measured_sees_a_childs_memory(tmp_path: Path) -> None:
     assert measured.peaks.pss > 140 * 2**20 and measured.peaks.main > 140 * 2**20
 
 
-def remote_factory(offset: int) -> tuple[dict[str, object], dict[str, int]]:
-    return {"add": lambda: {"value": offset + 1}}, {"offset": offset}
-
-
-def test_remote_contenders_run_in_a_child() -> None:
-    with common.Remote("tests.unit.test_bench:remote_factory", {"offset": 41}) as remote:
-        assert remote.info["offset"] == 41
-        reply = remote.call("add")
-    assert reply["value"] == 42 and reply["seconds"] >= 0 and "cpu" in reply
-
-
 def test_all_images_split_feeds_the_decode_stage(tmp_path: Path) -> None:
-    archive = common.small_archive(30, side=40, cache=tmp_path)
+    archive = common.synthetic_archive(30, cache=tmp_path, side=40)
     table_path = dag_scale.all_images_split(archive, tmp_path / "splits.parquet")
     table = pd.read_parquet(table_path)
     assert sorted(table["split"].unique()) == ["test", "train", "val"] and len(table) == 30
-    decode_module.run(Params(image=ImageConfig(size=32, workers=1)), DecodePaths(archive, table_path, tmp_path / "out"))
-    assert np.load(tmp_path / "out" / "train.npy").shape == (24, 32, 32, 3)
+    params = parse_params({"image": ImageConfig(size=32, workers=1).model_dump()})
+    decode.run(params, decode.DecodePaths(archive, table_path, tmp_path / "out"))
+    assert np.load(split_file(tmp_path / "out", "train")).shape == (24, 32, 32, 3)
     val = table[table["split"] == "val"].sort_values("row")
     expected = [int(Path(member).name.startswith("dog.")) for member in val["member"]]
-    np.testing.assert_array_equal(np.load(tmp_path / "out" / "val_labels.npy"), expected)
+    np.testing.assert_array_equal(np.load(labels_file(tmp_path / "out", "val")), expected)
 
 
 def test_dag_overrides_are_valid_params(tmp_path: Path) -> None:
@@ -155,28 +177,74 @@ def test_dag_overrides_are_valid_params(tmp_path: Path) -> None:
     assert dag_scale.StageMonitor._stage_of(["/bin/sh", "-c", "cvpipe ingest --archive a"]) is None
 
 
-def test_run_all_lists_every_script() -> None:
+def test_run_all_lists_every_module() -> None:
     ids = [i for _, _, group in run_all.BENCHMARKS for i in group]
     assert ids == ["decode", "epoch-input", "features", "noop", "memory", "demo"]
-    for _, script, _ in run_all.BENCHMARKS:
-        assert (REPO / "bench" / script).is_file()
+    for _, module, _ in run_all.BENCHMARKS:
+        assert (REPO / "bench" / f"{module}.py").is_file()
+
+
+def test_no_benchmark_edits_sys_path_or_imports_the_tests() -> None:
+    modules = [module for _, module, _ in run_all.BENCHMARKS] + ["common", "run_all", "gpu_check", "prefect_overhead"]
+    scripts = [REPO / "bench" / f"{module}.py" for module in modules] + sorted((REPO / "bench" / "gpu").glob("*.py"))
+    assert len(scripts) > len(modules)
+    for script in scripts:
+        text = script.read_text()
+        assert "sys.path" not in text and "from tests" not in text and "import tests" not in text, script
+
+
+# ------------------------------------------------------------------------------------------- quick mode
+
+
+def quick(module: str, tmp_path: Path, *args: str, timeout: int = 600) -> list[common.Result]:
+    """Run ``python -m bench.<module>`` with CVPIPE_BENCH_QUICK=1; return the results it wrote as JSON."""
+    env = {**os.environ, "CVPIPE_BENCH_QUICK": "1", "CVPIPE_BENCH_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / f"{module}.json"
+    argv = [sys.executable, "-m", f"bench.{module}", "--json", str(out), *args]
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "machine: " in done.stdout and common.cpu_model() in done.stdout
+    return common.load_json(out)[0]
 
 
 @pytest.mark.slow
-def test_decode_benchmark_at_tiny_size(tmp_path: Path) -> None:
-    (row,) = decode_speed.run(images=40, rounds=1, size=32, cache=tmp_path)
+def test_decode_benchmark_quick(tmp_path: Path) -> None:
+    (row,) = quick("decode_speed", tmp_path)
     assert row.id == "decode" and row.ratio and row.ratio > 0 and row.passed in (True, False)
     assert any("decode limit" in line for line in row.details)
 
 
 @pytest.mark.slow
-def test_epoch_input_benchmark_at_tiny_size(tmp_path: Path) -> None:
-    (row,) = epoch_input.run(images=40, rounds=1, size=32, cache=tmp_path)
+def test_epoch_input_benchmark_quick(tmp_path: Path) -> None:
+    (row,) = quick("epoch_input", tmp_path)
     assert row.id == "epoch-input" and row.ratio and row.ratio > 0
 
 
 @pytest.mark.slow
-def test_features_benchmark_at_tiny_size(tmp_path: Path) -> None:
-    (row,) = features_speed.run(images=8, size=32, cache=tmp_path, archive_images=8)
+def test_features_benchmark_quick(tmp_path: Path) -> None:
+    (row,) = quick("features_speed", tmp_path)
     assert row.id == "features" and row.ratio and row.ratio > 0
     assert any("relative error" in line for line in row.details)
+
+
+@pytest.mark.slow
+def test_demo_benchmark_quick(tmp_path: Path) -> None:
+    (row,) = quick("demo_time", tmp_path)
+    assert row.id == "demo" and row.ratio is None
+
+
+@pytest.mark.slow
+def test_run_all_quick_writes_one_table(tmp_path: Path) -> None:
+    env = {**os.environ, "CVPIPE_BENCH_QUICK": "1", "CVPIPE_BENCH_CACHE": str(tmp_path / "cache")}
+    argv = [sys.executable, "-m", "bench.run_all", "--only", "demo"]
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| demo |" in done.stdout and common.cpu_model() in done.stdout
+    assert str(REPO / "bench" / "results") not in done.stdout  # quick runs leave the real results alone
+
+
+@pytest.mark.slow
+def test_dag_benchmark_quick(tmp_path: Path) -> None:
+    noop, memory = quick("dag_scale", tmp_path, timeout=900)
+    assert (noop.id, memory.id) == ("noop", "memory")
+    assert all("not measured" not in line for line in memory.details)
