@@ -156,10 +156,22 @@ def exact_duplicates(manifest: pd.DataFrame, splits: pd.DataFrame) -> list[dict[
     groups = []
     for sha256, rows in ok.groupby("sha256", sort=True):
         if len(rows) > 1:
-            groups.append(
-                {"sha256": sha256, "members": rows["member"].tolist(), "split": str(split_of.get(sha256, UNUSED))}
-            )
+            group = {"sha256": sha256, "members": rows["member"].tolist(), "split": str(split_of.get(sha256, UNUSED))}
+            if rows["label"].nunique() > 1:  # the split leaves such a group out; flagged, as near-duplicates are
+                group["labels"] = rows["label"].tolist()
+                group["label_conflict"] = True
+            groups.append(group)
     return groups
+
+
+def exact_label_conflict_pairs(groups: list[dict[str, Any]]) -> int:
+    """Pairs of members with the same bytes and different labels, over ``groups`` (:func:`exact_duplicates`)."""
+    pairs = 0
+    for group in groups:
+        labels = pd.Series(group.get("labels", []))
+        counts = labels.value_counts()
+        pairs += (len(labels) ** 2 - int((counts**2).sum())) // 2
+    return pairs
 
 
 def classify(first: str, second: str) -> str:
@@ -284,7 +296,7 @@ def run(
         within_split_pairs=int(counts["within_split"]),
         one_unused_pairs=int(counts["one_unused"]),
         unused_pairs=int(counts["unused"]),
-        label_conflict_pairs=int(table["label_conflict"].sum()),
+        label_conflict_pairs=int(table["label_conflict"].sum()) + exact_label_conflict_pairs(duplicates),
         cross_split_pairs_by_splits={str(k): int(v) for k, v in sorted(by_splits.value_counts().items())},
         max_cross_split_pairs=cfg.max_cross_split_pairs,
         passed=bool(cross_split_pairs <= cfg.max_cross_split_pairs and not exact_cross),

@@ -1,7 +1,8 @@
 """The split stage: stratified, seeded, deterministic, and leak-free by construction.
 
 1. Exact duplicates (same sha256) collapse to one image: the first member name keeps it, the others are
-   listed in the report. Training on two copies of one photo only re-weights it.
+   listed in the report. Training on two copies of one photo only re-weights it. Copies under different
+   labels are left out of every split and listed in the report's ``label_conflicts``.
 2. Near-duplicates (64-bit perceptual hash, of the image or of its mirror, within
    ``split.near_duplicate_threshold`` bits: :mod:`cvpipe.imaging.hashes`, the rule the audit checks by) are
    joined into groups, and a group always lands in one split.
@@ -92,6 +93,11 @@ def _shared_groups(frame: pd.DataFrame, key: str) -> list[list[str]]:
 def group_images(manifest: pd.DataFrame, threshold: int) -> Groups:
     """Collapse exact duplicates and group near-duplicates among the manifest's ok rows."""
     ok = manifest[manifest["status"] == "ok"].sort_values("member")
+    # The same bytes under two labels: which label is right is not ours to guess (by name order it was). Such
+    # a group is left out and listed with the near-duplicate label conflicts.
+    exact_mixed = ok.groupby("sha256", sort=False)["label"].transform("nunique") > 1
+    exact_conflicts = _shared_groups(ok[exact_mixed], "sha256")
+    ok = ok[~exact_mixed]
     duplicates = [
         {"kept": members[0], "dropped": sorted(set(members) - {members[0]})} for members in _shared_groups(ok, "sha256")
     ]
@@ -109,7 +115,7 @@ def group_images(manifest: pd.DataFrame, threshold: int) -> Groups:
         len(near),
         sum(len(members) for members in near),
     )
-    return Groups(images[~mixed].reset_index(drop=True), duplicates, near, conflicts)
+    return Groups(images[~mixed].reset_index(drop=True), duplicates, near, exact_conflicts + conflicts)
 
 
 def target_counts(available: int, cfg: SplitConfig) -> dict[str, int]:

@@ -7,6 +7,7 @@ clear line.
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zipfile
 import zlib
@@ -100,3 +101,28 @@ def test_data_of_one_class_only_names_the_missing_class(tmp_path: Path) -> None:
     counts = SplitConfig(per_class=SplitCounts(train=4, val=2, test=2))
     with pytest.raises(DataError, match="class 'dog' has 0 usable unique images but the split asks for 8"):
         split_module.run(Params(split=counts), SplitPaths(tmp_path / "m/images.parquet", tmp_path / "s"))
+
+
+def test_identical_bytes_under_two_labels_are_left_out_and_reported(tmp_path: Path) -> None:
+    """Issue 15: the copies used to be kept under the first name's label, placed in a split, audit passed."""
+    from cvpipe.stages import audit as audit_module
+    from cvpipe.stages.audit import AuditPaths
+
+    members = {
+        f"train/{label}.{n}.jpg": jpeg_bytes(n + 20 * index) for index, label in enumerate(CLASSES) for n in range(8)
+    }
+    members["train/cat.90.jpg"] = members["train/dog.90.jpg"] = jpeg_bytes(999)
+    archive = write_zip(tmp_path / "a.zip", members)
+    params = Params(ingest=IngestConfig(workers=1), split=SplitConfig(per_class=SplitCounts(train=4, val=2, test=2)))
+    ingest_module.run(params, IngestPaths(archive, tmp_path / "m"))
+    split_module.run(params, SplitPaths(tmp_path / "m/images.parquet", tmp_path / "s"))
+    report = json.loads((tmp_path / "s/report.json").read_text())
+    assert ["train/cat.90.jpg", "train/dog.90.jpg"] in report["label_conflicts"]
+    table = pd.read_parquet(tmp_path / "s/splits.parquet")
+    assert not table["member"].isin(["train/cat.90.jpg", "train/dog.90.jpg"]).any()
+    summary = audit_module.run(
+        params, AuditPaths(archive, tmp_path / "m/images.parquet", tmp_path / "s/splits.parquet", tmp_path / "a")
+    )
+    assert summary.label_conflict_pairs == 1
+    group = json.loads((tmp_path / "a/report.json").read_text())["exact_duplicates"][0]
+    assert group["label_conflict"] and group["labels"] == ["cat", "dog"] and group["split"] == "unused"
