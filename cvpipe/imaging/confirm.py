@@ -23,7 +23,7 @@ can be near-identical); at 0.993 fewer than 1% of the distinct scans are grouped
 candidates are joined unconfirmed. The thresholds are tight because the digits carry only 64 pixels of
 information; photos' copies score 0.998-1.0 and distinct photos far lower.
 
-Choices measured and left: 16-32 px thumbnails (distinct digits and shifted copies overlap: 2-20% of the
+Choices measured and left: 16-32 px thumbnails (distinct digits and shifted copies overlap: 2-80% of the
 scans grouped at the recall goal), a +-2 px search (more distinct look-alikes pass, at twice the cost), SSIM
 (local windows per shift, ~10x the work for the same separation of aligned copies). Pixel RMS moves with
 brightness; NCC does not.
@@ -67,7 +67,7 @@ class NearDuplicateRule:
         hash_bits: candidates are pairs whose 64-bit phashes (of the image, or of one image's mirror) differ
             by at most this many bits. 16, not today's 10: a 2 px shift of an 80 px scan moves the phash by
             up to 20 bits (recall 0.58 at 10 bits, 0.98 at 16); the confirmation, not the hash, is what keeps
-            distinct images apart, and the price is more candidates to confirm (5x as many as at 10 bits).
+            distinct images apart, and the price is more candidates to confirm (10x as many as at 10 bits).
         measure: the confirmation measure; ``ncc``: normalised cross-correlation of grey thumbnails.
         thumbnail: side of the grey thumbnails, pixels.
         blur: Gaussian blur of the thumbnails (its sigma, thumbnail pixels), so that a shift by a fraction

@@ -15,11 +15,11 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 # Near-duplicates in at most this fraction of any class: on the UCI digits the default rule groups under 1% of
-# the scans that have no planted copy (at most ~4% of one class), today's hash-only rule 72-91%, and published
+# the scans that have no planted copy, today's hash-only rule 72-100%, and published
 # near-duplicate rates of curated datasets are a few percent.
 MAX_CLASS_FRACTION = 0.05
-# A group of copies of one image is a handful: on the digits the default rule's largest group is 2-7 images,
-# the hash-only rule's 1,900.
+# A group of copies of one image is a handful: on the digits the default rule's largest group is 2-3 images,
+# the hash-only rule's over 1,900.
 MAX_GROUP_SIZE = 25
 
 
