@@ -1,1 +1,1 @@
-"""Prefect flows and their entry points: ``python -m flows.pipeline`` (see ``flows.pipeline``)."""
+"""Prefect flows and their deployment entry points (``flows.pipeline``); ``cvpipe flow run|serve`` runs them."""

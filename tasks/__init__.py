@@ -1,1 +1,1 @@
-"""Prefect tasks: thin wrappers that run cvpipe's DVC stages (see ``tasks.dvc_stages``)."""
+"""Prefect tasks: thin wrappers over :mod:`cvpipe.pipeline` that run cvpipe's DVC stages (``tasks.dvc_stages``)."""
