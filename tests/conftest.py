@@ -20,11 +20,12 @@ FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test reads the developer's Kaggle credentials or sends telemetry."""
+    """No test reads the developer's Kaggle credentials, sends telemetry or fetches weights from the internet."""
     for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     monkeypatch.setenv("DO_NOT_TRACK", "1")
+    monkeypatch.setenv("CVPIPE_WEIGHTS_ORIGIN", "off")  # 'imagenet' never downloads VGG16 weights in a test
     monkeypatch.setenv("GIT_AUTHOR_NAME", "cvpipe-tests")
     monkeypatch.setenv("GIT_AUTHOR_EMAIL", "tests@cvpipe.invalid")
     monkeypatch.setenv("GIT_COMMITTER_NAME", "cvpipe-tests")
