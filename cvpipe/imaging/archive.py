@@ -329,6 +329,57 @@ def _read_plain(fd: int, member: Member) -> bytes | None:
     return data
 
 
+def data_overruns(fd: int, member: Member) -> bool:
+    """Whether the member's data, by its declared compressed size, runs past where the next entry starts.
+
+    Entries whose data overlap (one deflate stream shared by hundreds of entries) are an overlapping-entry zip
+    bomb: each inflates in full before its CRC fails. Python 3.12's zipfile refuses them, 3.11's does not, so
+    the check is made here. A member whose next entry is unknown (``end_offset`` not set) is not checked.
+    """
+    if member.end_offset == _UNKNOWN:
+        return False
+    start = _local_data_offset(fd, member)
+    if start is None:  # a local header that disagrees with the directory: its fixed part is a lower bound
+        start = member.header_offset + _LOCAL.size
+    return start + member.compress_size > member.end_offset
+
+
+class ArchiveReader:
+    """An archive open for reading members: positioned reads, and one :class:`zipfile.ZipFile` for the rest.
+
+    What a worker opens once per chunk: members off the fast path (bzip2, LZMA, encrypted, zip64) are read
+    through a ``ZipFile`` opened on first need and kept, where opening one per member made ingesting an
+    archive of such members quadratic in its size (the central directory parsed again each time).
+    """
+
+    def __init__(self, archive_path: Path) -> None:
+        """Open ``archive_path``."""
+        self.path = Path(archive_path)
+        self.fd = os.open(self.path, os.O_RDONLY)
+        self._zipfile: zipfile.ZipFile | None = None
+
+    def read(self, member: Member) -> bytes:
+        """The member's bytes, CRC checked (see :func:`read_member`)."""
+        data = _read_plain(self.fd, member)
+        if data is not None:
+            return data
+        if self._zipfile is None:
+            self._zipfile = zipfile.ZipFile(self.path)
+        return self._zipfile.read(member.name)
+
+    def close(self) -> None:
+        """Close the descriptor and the ``ZipFile``, if one was opened."""
+        if self._zipfile is not None:
+            self._zipfile.close()
+        os.close(self.fd)
+
+    def __enter__(self) -> ArchiveReader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
 def read_member(fd: int, member: Member, archive_path: Path) -> bytes:
     """Return a member's bytes, read at its offset in the archive open as ``fd``, CRC checked as zipfile does.
 

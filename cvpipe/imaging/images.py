@@ -26,18 +26,31 @@ the time (the measurements are in ``docs/performance.md``, "Where the stages' de
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import struct
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
-# Decompression-bomb protection is ours (ingest.max_pixels checked on the header before decoding), so
-# Pillow's global limit is lifted rather than raising from deep inside a worker.
+# Outside ingest (which sets it to ingest.max_pixels for every frame any plugin opens: :func:`pixel_limit`),
+# Pillow's global limit is lifted: decode only reads members that ingest accepted.
 Image.MAX_IMAGE_PIXELS = None
+
+# The formats cvpipe accepts; Pillow tries no other plugin. Containers that decode frames at open (ICO, ICNS),
+# call out to other programs (EPS: Ghostscript) or are rarely photos (PSD, TGA, PCX, ...) are not images here.
+# MPO (a JPEG with extra frames: camera and Android Ultra HDR photos; its primary image is frame 0) is opened
+# by Pillow's JPEG plugin.
+ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+# Formats whose extra frames are not animation.
+STILL_MULTIFRAME_FORMATS = frozenset({"MPO"})
+# Scans in a JPEG, at most: libjpeg writes 10 for a progressive colour image, mozjpeg a few more. Each scan costs
+# a pass over every coefficient block: 20,000 empty scans in 0.8 MB took 20 s to decode (a scan bomb).
+MAX_JPEG_SCANS = 100
 
 _WHITE = (255, 255, 255)
 _JPEG_SOI = b"\xff\xd8"
@@ -54,8 +67,73 @@ _MAX_DRAFT_SCALE = 8
 
 
 def open_image(data: bytes) -> Image.Image:
-    """Open image bytes lazily (header only; pixels are decoded on ``load``)."""
-    return Image.open(io.BytesIO(data))
+    """Open image bytes lazily (header only; pixels are decoded on ``load``), in an accepted format only.
+
+    Raises:
+        PIL.UnidentifiedImageError: not an image in one of :data:`ACCEPTED_FORMATS`.
+    """
+    return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+
+
+@contextlib.contextmanager
+def pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Within the block, Pillow refuses any image or frame of more than ``max_pixels`` pixels.
+
+    Pillow checks every frame its plugins open, declared or embedded (an ICO's PNG frame, a TIFF page), before
+    decoding it; its warning between the limit and twice the limit is raised as an error here.
+
+    Raises:
+        PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning: from Pillow, for such an image.
+    """
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _entropy_end(data: bytes, position: int) -> int:
+    """Where the entropy-coded data from ``position`` ends: the next marker that is not a restart or stuffing."""
+    while True:
+        position = data.find(b"\xff", position)
+        if position < 0 or position + 1 >= len(data):
+            return len(data)
+        following = data[position + 1]
+        if following == 0x00 or 0xD0 <= following <= 0xD7 or following == 0xFF:
+            position += 1 if following == 0xFF else 2
+            continue
+        return position
+
+
+def jpeg_scans(data: bytes, stop_after: int = MAX_JPEG_SCANS) -> int:
+    """The number of scans (SOS segments) in a JPEG's first image, counted up to ``stop_after + 1``.
+
+    ``bytes.count`` gives an upper bound at C speed (a thumbnail's scans are counted too); only a file above
+    ``stop_after`` by that count is walked marker by marker.
+    """
+    if data.count(b"\xff\xda") <= stop_after:
+        return data.count(b"\xff\xda")
+    position, scans = 2, 0
+    while position + 4 <= len(data) and scans <= stop_after:
+        if data[position] != 0xFF:
+            return scans
+        marker = data[position + 1]
+        if marker == 0xFF:
+            position += 1
+        elif marker == 0xD9:
+            return scans
+        elif marker in _STANDALONE_MARKERS:
+            position += 2
+        else:
+            (length,) = struct.unpack_from(">H", data, position + 2)
+            position += 2 + length
+            if marker == 0xDA:
+                scans += 1
+                position = _entropy_end(data, position)
+    return scans
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -67,10 +145,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = array.max() if array.size and array.max() > 0 else 1.0
-        scaled = np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8)
-        return Image.fromarray(scaled, mode="L").convert("RGB")
+        return Image.fromarray(_rescale_to_uint8(np.asarray(image)), mode="L").convert("RGB")
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
     if has_alpha:
         with warnings.catch_warnings():
@@ -79,6 +154,23 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _rescale_to_uint8(array: np.ndarray, rows: int = 256) -> np.ndarray:
+    """``array * 255 / max`` clipped to uint8, as float64 arithmetic gives it, a block of rows at a time.
+
+    A float64 copy of a 16-bit 7000 x 7000 PNG is 392 MB (1.46 GB peak with the temporaries); by blocks the
+    extra memory is a few MB. The arithmetic per pixel is the same float64 arithmetic, so the bytes are too.
+    """
+    peak = float(array.max()) if array.size and array.max() > 0 else 1.0
+    factor = 255.0 / peak
+    out = np.empty(array.shape, dtype=np.uint8)
+    for start in range(0, array.shape[0], rows):
+        block = array[start : start + rows].astype(np.float64)
+        block *= factor
+        np.clip(block, 0, 255, out=block)
+        out[start : start + rows] = block.astype(np.uint8)
+    return out
 
 
 def decode_oriented(data: bytes, draft_size: int | None = None) -> Image.Image:

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from cvpipe import layout
 from cvpipe.config import SPLITS, ImageConfig, Params
 from cvpipe.errors import DataError
-from cvpipe.imaging.archive import Member, MemberTable, locate_members, read_member
+from cvpipe.imaging.archive import ArchiveReader, Member, MemberTable, locate_members
 from cvpipe.imaging.images import load_decoders, load_rgb
 from cvpipe.io import atomic_path, system_memory_pool, write_json_atomic, write_npy_atomic
 from cvpipe.parallel import map_chunks, start_pool, worker_count
@@ -155,18 +155,15 @@ def _decode_rows(archive_path: Path, array_path: Path, data_offset: int, size: i
         The rows written.
     """
     buffer = _chunk_buffer(len(jobs), size)
-    archive = os.open(archive_path, os.O_RDONLY)
-    try:
+    with ArchiveReader(archive_path) as archive:  # one ZipFile per chunk for members off the fast path
         for index, member in enumerate(jobs.members):
             try:
-                load_rgb(read_member(archive, member, archive_path), size, out=buffer[index])
+                load_rgb(archive.read(member), size, out=buffer[index])
             except Exception as error:
                 raise DataError(
                     f"{member.name}: passed ingest but failed to decode ({type(error).__name__}: {error}); "
                     "rerun ingest (dvc repro -f ingest) and report this file"
                 ) from None
-    finally:
-        os.close(archive)
     fd = os.open(array_path, os.O_WRONLY)
     try:
         _write_at(fd, memoryview(buffer).cast("B"), data_offset + jobs.start * buffer[0].nbytes)

@@ -21,7 +21,7 @@ import contextlib
 import functools
 import logging
 import math
-import os
+import re
 import stat
 import time
 import zipfile
@@ -33,13 +33,20 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 import pyarrow as pa
+from PIL import Image
 
 from cvpipe import layout
 from cvpipe.config import IngestConfig, Params
 from cvpipe.errors import DataError, SourceError
-from cvpipe.imaging.archive import Member, MemberTable, read_member, scan_archive
+from cvpipe.imaging.archive import ArchiveReader, Member, MemberTable, data_overruns, scan_archive
 from cvpipe.imaging.hashes import decode_for_hash, hash_pair, load_hashers
-from cvpipe.imaging.images import open_image
+from cvpipe.imaging.images import (
+    MAX_JPEG_SCANS,
+    STILL_MULTIFRAME_FORMATS,
+    jpeg_scans,
+    open_image,
+    pixel_limit,
+)
 from cvpipe.io import sha256_bytes, system_memory_pool, write_json_atomic, write_parquet
 from cvpipe.parallel import chunked, map_chunks, start_pool, worker_count
 
@@ -53,6 +60,8 @@ _READ_ERRORS = (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, Runt
 # round waits for one small chunk only.
 _BATCH = 4096
 _CHUNKS_PER_WORKER = 16
+_BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,8 @@ def label_of(member: str, scheme: str) -> str:
     ``filename``: Kaggle's ``train/cat.12.jpg`` -> ``cat``. ``folder``: Microsoft's ``PetImages/Cat/12.jpg``
     -> ``cat``.
     """
-    path = PurePosixPath(member)
+    # Windows archivers (PowerShell 5's Compress-Archive) write ``PetImages\\Cat\\0.jpg``.
+    path = PurePosixPath(member.replace("\\", "/"))
     if scheme == "folder":
         return path.parent.name.lower() if len(path.parts) > 1 else ""
     stem_parts = path.name.split(".")
@@ -120,7 +130,7 @@ def _unsafe_reason(member: Member) -> str:
 
 
 def _debris_reason(member: str) -> str:
-    path = PurePosixPath(member)
+    path = PurePosixPath(member.replace("\\", "/"))
     if (path.parts and path.parts[0] == "__MACOSX") or path.name.startswith("._") or path.name.lower() in _DEBRIS_NAMES:
         return "archive debris (__MACOSX, resource fork, Thumbs.db, .DS_Store)"
     return ""
@@ -133,9 +143,17 @@ def _precheck(member: Member, settings: Settings) -> str:
         return reason
     if member.file_size > settings.max_bytes:
         return f"file of {member.file_size} bytes exceeds ingest.max_bytes={settings.max_bytes}"
+    if member.compress_size > settings.max_bytes:  # a stored member declaring 1 kB can hold 300 MB
+        return f"compressed data of {member.compress_size} bytes exceeds ingest.max_bytes={settings.max_bytes}"
     if member.compress_size and member.file_size / member.compress_size > settings.max_compression_ratio:
         return f"compression ratio {member.file_size / member.compress_size:.0f}:1 looks like a zip bomb"
     return ""
+
+
+def _bomb_reason(error: Exception, settings: Settings) -> str:
+    found = _PIXELS.search(str(error))
+    size = f"an image or frame of {found.group(1)} pixels" if found else "an image or frame"
+    return f"{size} exceeds ingest.max_pixels={settings.max_pixels} (decompression bomb?)"
 
 
 def _describe_image(row: Row, data: bytes, settings: Settings) -> Row:
@@ -143,6 +161,8 @@ def _describe_image(row: Row, data: bytes, settings: Settings) -> Row:
         image = open_image(data)
         row.width, row.height = image.size
         row.mode, row.format = image.mode, image.format or ""
+    except _BOMB_ERRORS as error:  # Pillow's own check, on a frame a container decoded at open
+        return row.quarantine(_bomb_reason(error, settings))
     except Exception as error:
         return row.quarantine(f"not a decodable image ({type(error).__name__})")
     if row.width * row.height > settings.max_pixels:
@@ -152,10 +172,16 @@ def _describe_image(row: Row, data: bytes, settings: Settings) -> Row:
         )
     if min(row.width, row.height) < settings.min_side:
         return row.quarantine(f"{row.width}x{row.height} is smaller than ingest.min_side={settings.min_side}")
-    if getattr(image, "n_frames", 1) > 1:
+    if getattr(image, "n_frames", 1) > 1 and row.format not in STILL_MULTIFRAME_FORMATS:
         return row.quarantine(f"animated image with {image.n_frames} frames")
+    if row.format in ("JPEG", "MPO"):
+        scans = jpeg_scans(data)
+        if scans > MAX_JPEG_SCANS:
+            return row.quarantine(f"JPEG with more than {MAX_JPEG_SCANS} scans (a scan bomb: each costs a full pass)")
     try:
         upright = decode_for_hash(data)
+    except _BOMB_ERRORS as error:
+        return row.quarantine(_bomb_reason(error, settings))
     except Exception as error:
         return row.quarantine(f"image data does not decode ({type(error).__name__}: {error})"[:200])
     row.phash, row.phash_flip = hash_pair(upright)
@@ -172,21 +198,22 @@ def _label(row: Row, settings: Settings) -> Row:
     return row
 
 
-def inspect_member(fd: int, member: Member, archive_path: Path, settings: Settings) -> Row:
+def inspect_member(reader: ArchiveReader, member: Member, settings: Settings) -> Row:
     """Judge one archive member and return its manifest row.
 
     Args:
-        fd: the archive, open for reading.
+        reader: the archive, open for reading.
         member: the member, from :func:`archive_members`.
-        archive_path: the archive's path (unusual members are read through :mod:`zipfile`).
         settings: the limits and labels to judge by.
     """
     row = Row(member=member.name, bytes=member.file_size)
     reason = _precheck(member, settings)
     if reason:
         return row.quarantine(reason)
+    if data_overruns(reader.fd, member):
+        return row.quarantine("data overlaps the next entry (overlapping-entry zip bomb); never inflated")
     try:
-        data = read_member(fd, member, archive_path)
+        data = reader.read(member)
     except _READ_ERRORS as error:
         return row.quarantine(f"member cannot be read from the archive ({type(error).__name__}: {error})"[:200])
     row.sha256 = sha256_bytes(data)
@@ -199,11 +226,9 @@ def inspect_member(fd: int, member: Member, archive_path: Path, settings: Settin
 
 
 def _inspect_chunk(archive_path: Path, settings: Settings, members: Sequence[Member]) -> list[Row]:
-    fd = os.open(archive_path, os.O_RDONLY)
-    try:
-        return [inspect_member(fd, member, archive_path, settings) for member in members]
-    finally:
-        os.close(fd)
+    # Pillow's own bomb check at ingest.max_pixels, for every frame of every container it opens.
+    with ArchiveReader(archive_path) as reader, pixel_limit(settings.max_pixels):
+        return [inspect_member(reader, member, settings) for member in members]
 
 
 def archive_members(archive_path: Path) -> MemberTable:

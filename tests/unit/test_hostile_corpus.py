@@ -55,7 +55,7 @@ def test_static_gif_named_jpg_is_kept_with_its_format(tmp_path: Path) -> None:
 def test_20000_by_20000_declared_is_quarantined_unread(tmp_path: Path) -> None:
     members = {"train/cat.0.jpg": declared_png(20000, 20000), "train/dog.0.jpg": jpeg_bytes(1)}
     manifest = manifest_of(write_zip(tmp_path / "a.zip", members))
-    assert "declared size 20000x20000 exceeds ingest.max_pixels" in manifest.loc["train/cat.0.jpg", "reason"]
+    assert "of 400000000 pixels exceeds ingest.max_pixels" in manifest.loc["train/cat.0.jpg", "reason"]
     assert manifest.loc["train/dog.0.jpg", "status"] == "ok"
 
 

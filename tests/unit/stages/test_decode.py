@@ -13,6 +13,7 @@ from PIL import Image
 from cvpipe.config import ImageConfig, IngestConfig, Params, SplitConfig, SplitCounts
 from cvpipe.errors import DataError
 from cvpipe.imaging import images as images_module
+from cvpipe.imaging.archive import read_member
 from cvpipe.imaging.images import load_rgb
 from cvpipe.parallel import map_chunks
 from cvpipe.stages import decode as decode_module
@@ -238,7 +239,7 @@ def test_read_member_matches_zipfile_for_stored_deflated_and_bzip2(tmp_path: Pat
         fd = os.open(path, os.O_RDONLY)
         try:
             for member in located:
-                assert decode_module.read_member(fd, member, path) == payloads[member.name]
+                assert read_member(fd, member, path) == payloads[member.name]
         finally:
             os.close(fd)
 
@@ -254,7 +255,7 @@ def test_read_member_checks_the_crc_and_missing_members_are_data_errors(tmp_path
     fd = os.open(path, os.O_RDONLY)
     try:
         with pytest.raises(zipfile.BadZipFile, match="CRC"):
-            decode_module.read_member(fd, member._replace(crc=member.crc ^ 1), path)
+            read_member(fd, member._replace(crc=member.crc ^ 1), path)
     finally:
         os.close(fd)
     with pytest.raises(DataError, match=r"missing\.jpg"):

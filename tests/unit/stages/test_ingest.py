@@ -34,6 +34,8 @@ def manifest_of(path: Path, cfg: IngestConfig | None = None, labels: str = "file
         ("train/12.jpg", "filename", ""),
         ("PetImages/Cat/12.jpg", "folder", "cat"),
         ("12.jpg", "folder", ""),
+        ("PetImages\\Cat\\12.jpg", "folder", "cat"),  # PowerShell 5's Compress-Archive
+        ("train\\cat.12.jpg", "filename", "cat"),
     ],
 )
 def test_label_of(member: str, scheme: str, label: str) -> None:
@@ -183,6 +185,16 @@ def test_folder_labels(make_zip) -> None:
     archive = make_zip({"PetImages/Cat/1.jpg": jpeg_bytes(0), "PetImages/Dog/1.jpg": jpeg_bytes(1)})
     manifest = manifest_of(archive, labels="folder")
     assert manifest["label"].tolist() == ["cat", "dog"]
+
+
+def test_windows_separators_in_member_names_are_read_as_folders(make_zip) -> None:
+    """Issue 15: every image was rejected as ``unknown class 'train\\cat'``; the names stay as stored."""
+    archive = make_zip({"PetImages\\Cat\\1.jpg": jpeg_bytes(0), "PetImages\\Dog\\1.jpg": jpeg_bytes(1)})
+    manifest = manifest_of(archive, labels="folder")
+    assert manifest["label"].tolist() == ["cat", "dog"] and (manifest["status"] == "ok").all()
+    assert manifest.index.tolist() == ["PetImages\\Cat\\1.jpg", "PetImages\\Dog\\1.jpg"]
+    debris = manifest_of(make_zip({"x\\__MACOSX\\._cat.1.jpg": b"x", "a\\Thumbs.db": b"x"}, name="d.zip"))
+    assert debris["reason"].str.startswith("archive debris").all()
 
 
 def test_not_a_zip_and_duplicate_names_fail_with_one_line(tmp_path: Path) -> None:
