@@ -133,6 +133,21 @@ class NearDuplicatesDatasetFacet(DatasetFacet):
 
 
 @attr.define
+class Vgg16WeightsDatasetFacet(DatasetFacet):
+    """The VGG16 weights features were computed with: ``features.weights``, the file, its hashes (random: seed)."""
+
+    spec: str
+    file: str
+    sha256: str | None = None
+    md5: str | None = None
+    seed: int | None = None
+
+    @staticmethod
+    def _get_schema() -> str:
+        return _schema("Vgg16WeightsDatasetFacet")
+
+
+@attr.define
 class StageRunFacet(RunFacet):
     """The DVC stage, who started it, and the code it ran."""
 
@@ -340,9 +355,16 @@ def _audit_assertions(run: StageRun) -> dict[str, dict[str, Any]]:
     return {table: _built(run, table, {"dataQualityAssertions": assertions})}
 
 
+def _features_facets(run: StageRun) -> dict[str, dict[str, DatasetFacet]]:
+    """The VGG16 weights on the feature cache, from the features stage's summary (``weights_record``'s keys)."""
+    weights = {"cvpipe_vgg16Weights": lambda: Vgg16WeightsDatasetFacet(**run.summary.weights)}
+    return {path: _built(run, path, weights) for path in run.outputs[:1]}
+
+
 _STAGE_FACETS: dict[str, Callable[[StageRun], dict[str, dict[str, DatasetFacet]]]] = {
     "ingest": _ingest_facets,
     "split": _split_facets,
+    "features": _features_facets,
     "audit": _audit_facets,
 }
 

@@ -27,6 +27,7 @@ from cvpipe.lineage.openlineage import (
     QuarantineDatasetFacet,
     SplitPolicyDatasetFacet,
     StageRunFacet,
+    Vgg16WeightsDatasetFacet,
     build_event,
     make_client,
     user_configured,
@@ -106,6 +107,7 @@ def test_events_are_typed_and_carry_the_spec_fields(tmp_path: Path, monkeypatch:
         (SplitPolicyDatasetFacet(seed=1, perClass={"train": 2}, nearDuplicateThreshold=10), "SplitPolicyDatasetFacet"),
         (NearDuplicatesDatasetFacet(method="phash", threshold=10, pairsCrossSplit=0), "NearDuplicatesDatasetFacet"),
         (StageRunFacet(stage="split", command="split", orchestrator="dvc", gitDirty=False), "StageRunFacet"),
+        (Vgg16WeightsDatasetFacet(spec="imagenet", file="notop.h5", sha256="0" * 64), "Vgg16WeightsDatasetFacet"),
     ],
 )
 def test_custom_facets_follow_their_published_schema(facet: Any, name: str) -> None:

@@ -388,3 +388,42 @@ def test_run_reads_the_params_and_counts_the_images(tmp_path: Path) -> None:
     assert summary.weights["spec"] == "none"
     assert (layout.split_file(paths.out, "test")).is_file()
     assert features.FeaturesPaths() == features.FeaturesPaths(layout.IMAGES_CACHE, layout.FEATURES_CACHE)
+
+
+def test_weights_identity_lands_in_the_lineage_record_and_openlineage_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    from cvpipe.lineage import track_stage
+
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["features"]
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"features": stage}}))
+    weights_file = tmp_path / "vgg16_legacy_layout.h5"
+    write_legacy_h5(weights_file, other_weights_base())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"features": {"weights": str(weights_file)}}))
+    _write_cache(tmp_path / layout.IMAGES_CACHE, {"train": 2})
+    for name in ("DVC_STAGE", "OPENLINEAGE_URL", "OPENLINEAGE_CONFIG", "OPENLINEAGE_DISABLED"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+
+    cfg = FeaturesConfig(weights=str(weights_file))
+    with track_stage(
+        "features",
+        inputs=[layout.IMAGES_CACHE],
+        outputs=[layout.FEATURES_CACHE],
+        params_file=Path("params.yaml"),
+        sections=["features"],
+    ) as run:
+        run.summary = extract_features(layout.IMAGES_CACHE, layout.FEATURES_CACHE, cfg)
+
+    expected = {"spec": str(weights_file), "file": weights_file.name, "sha256": sha256_file(weights_file)}
+    folder = tmp_path / "reports/lineage/features"
+    record = json.loads((folder / "record.json").read_text())
+    assert record["summary"]["weights"] == {**record["summary"]["weights"], **expected}
+    complete = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()][-1]
+    assert complete["eventType"] == "COMPLETE"
+    (cache,) = [d for d in complete["outputs"] if d["name"].endswith(layout.FEATURES_CACHE.as_posix())]
+    facet = cache["facets"]["cvpipe_vgg16Weights"]
+    assert facet == {**facet, **expected} and facet["_schemaURL"].endswith("#/$defs/Vgg16WeightsDatasetFacet")
