@@ -200,6 +200,40 @@ class ReportConfig(StrictModel):
     max_quarantine_rows: PositiveInt = 200
 
 
+class MnistSyntheticConfig(StrictModel):
+    """The built-in drawn digits (``mnist.source: synthetic``): the offline demo's MNIST-format set."""
+
+    train: PositiveInt = 2000
+    test: PositiveInt = 500
+    seed: int = 0
+
+
+class MnistConfig(StrictModel):
+    """The MNIST experiment (the seed's section 8.1): where the digits come from and how the convnet trains.
+
+    ``source: keras`` reads Keras's own ``mnist.npz`` (fetched into the Keras cache once, hash-checked);
+    ``local`` a Keras-layout ``.npz`` or a folder of the four IDX files at ``path``; ``synthetic`` drawn digits.
+    """
+
+    source: Literal["keras", "local", "synthetic"] = "keras"
+    path: Path | None = None
+    pooling: bool = True
+    epochs: PositiveInt = 5
+    batch_size: PositiveInt = 64
+    optimizer: Literal["rmsprop", "adam", "sgd"] = "rmsprop"
+    learning_rate: Annotated[float, Field(gt=0.0)] = 1e-3
+    seed: int = 1337
+    synthetic: MnistSyntheticConfig = MnistSyntheticConfig()
+
+    @model_validator(mode="after")
+    def _path_iff_local(self) -> MnistConfig:
+        if self.source == "local" and self.path is None:
+            raise ValueError("source 'local' needs mnist.path (a Keras-layout .npz or a folder of the 4 IDX files)")
+        if self.source != "local" and self.path is not None:
+            raise ValueError(f"mnist.path is read with source 'local' only (source is {self.source!r})")
+        return self
+
+
 class Params(StrictModel):
     """The whole params.yaml."""
 
@@ -212,6 +246,7 @@ class Params(StrictModel):
     evaluate: EvaluateConfig = EvaluateConfig()
     audit: AuditConfig = AuditConfig()
     report: ReportConfig = ReportConfig()
+    mnist: MnistConfig = MnistConfig()
 
 
 def _describe(error: ValidationError) -> str:
