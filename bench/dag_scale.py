@@ -138,8 +138,8 @@ class FirstRun:
 def reproduce_two_at_a_time(workspace: Path, watch: Collection[str] = DAG_MEMORY_STAGES) -> FirstRun:
     """Reproduce the whole DAG: the data stages, then two chains of variants side by side, then the rest.
 
-    DVC releases its repo lock while a stage's command runs, so two ``dvc repro`` of stages that share no
-    outputs run side by side (``--wait-for-lock`` for the moments they both hold it); on two cores the five
+    DVC releases its repo lock while a stage's command runs, so two ``dvc repro --single-item`` of stages that
+    share no outputs run side by side (``--wait-for-lock`` for the moments they both hold it); on two cores the five
     independent trainings then take about half as long. fine_tuning starts from feature_extraction_aug's
     model, so those two share a chain.
     """
@@ -147,9 +147,13 @@ def reproduce_two_at_a_time(workspace: Path, watch: Collection[str] = DAG_MEMORY
 
     started = time.perf_counter()
     data, peaks = dvc_repro(workspace, "features", watch=watch)
-    chains = [[f"evaluate@{variant}" for variant in chain] for chain in (VARIANTS[:3], VARIANTS[3:])]
+    # --single-item: each run locks only its own stages' files (two runs reaching the shared upstream stages
+    # would clash on DVC's output locks), so the targets are listed in order, each training before its evaluation.
+    chains = [
+        [f"{stage}@{v}" for v in chain for stage in ("train", "evaluate")] for chain in (VARIANTS[:3], VARIANTS[3:])
+    ]
     with ThreadPoolExecutor(max_workers=len(chains)) as pool:
-        variants = [run for run, _ in pool.map(lambda chain: dvc_repro(workspace, *chain), chains)]
+        variants = [run for run, _ in pool.map(lambda chain: dvc_repro(workspace, "--single-item", *chain), chains)]
     rest, _ = dvc_repro(workspace)
     runs = [data, *variants, rest]
     return FirstRun(
@@ -428,8 +432,8 @@ if __name__ == "__main__":
         "dag-scale",
         __doc__,
         run,
-        images=200 if quick else 25_000,
-        small=40 if quick else 5_000,
+        images=400 if quick else 25_000,
+        small=100 if quick else 5_000,  # the split asks 40 a class
         feature_counts=(8, 40) if quick else (500, 2_500),
         side=ARCHIVE_SIDE,
         noop_count=1 if quick else NOOP_RUNS,
