@@ -11,6 +11,7 @@ import hashlib
 import http.server
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ class WeightsServer:
     """A loopback origin serving ``body`` as the notop file; ``plan`` scripts the first answers, then 'ok'."""
 
     body: bytes
-    plan: list[str] = field(default_factory=list)  # 'ok', 'cut' (half the body, then the connection closes), '404'
+    plan: list[str] = field(default_factory=list)  # 'ok', 'slow', 'cut' (half the body, then closed), '404'
     requests: list[str] = field(default_factory=list)
     sleeps: list[float] = field(default_factory=list)  # the retry loop's waits, not slept
     base: str = ""
@@ -60,6 +61,12 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[WeightsServer]:
             self.send_response(200)
             self.send_header("Content-Length", str(len(state.body)))
             self.end_headers()
+            if action == "slow":  # four pieces a tenth of a second apart: long enough for progress lines
+                for piece in range(4):
+                    self.wfile.write(state.body[piece * len(state.body) // 4 : (piece + 1) * len(state.body) // 4])
+                    self.wfile.flush()
+                    time.sleep(0.1)
+                return
             if action == "cut":
                 self.wfile.write(state.body[: len(state.body) // 2])
                 self.close_connection = True
@@ -108,6 +115,16 @@ def test_imagenet_is_fetched_once_then_served_from_the_cache(
     assert resolve_weights("imagenet") == target
     assert weights.weights_identity("imagenet")["sha256"] == sha256_file(target)
     assert len(server.requests) == 1  # the second run used the cache
+
+
+def test_a_long_download_logs_its_progress(
+    server: WeightsServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.plan = ["slow"]
+    monkeypatch.setattr(weights, "PROGRESS_SECONDS", 0.05)
+    with caplog.at_level(logging.INFO, logger="cvpipe.ml.weights"):
+        assert resolve_weights("imagenet").read_bytes() == server.body
+    assert "MB so far" in caplog.text
 
 
 def test_a_body_with_the_wrong_md5_is_rejected_and_not_kept(
