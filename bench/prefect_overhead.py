@@ -4,7 +4,7 @@ In one run, on one workspace (the real data stages download -> ingest -> split -
 already reproduced so every stage is up to date):
 
 1. ``dvc repro decode``, a few times: DVC's own cost of finding nothing to do.
-2. A local ``prefect server start`` on 127.0.0.1 and ``python -m flows.pipeline --serve --interval N``; the
+2. A local ``prefect server start`` on 127.0.0.1 and ``cvpipe flow serve --interval N``; the
    scheduled runs after the first (all stages skipped), timed by the server: running time (flow run start -> end)
    and latency (scheduled time -> end). The runner prefetches runs and starts their process a little early, so
    the latency can come out shorter than the running time.
@@ -171,7 +171,7 @@ def write_report(result: str, command: str, load: tuple[float, float]) -> Path:
         f"- command: `{command}`",
         f"- 1-min load average: {load[0]:.1f} at the start, {load[1]:.1f} at the end (other work shares the machine)",
         "- workspace: the real data stages (download, ingest, split, decode), tiny synthetic data, all up to date",
-        f"- scheduled runs: `python -m flows.pipeline --serve --interval N --target {TARGET}` against "
+        f"- scheduled runs: `cvpipe flow serve --interval N --target {TARGET}` against "
         "`prefect server start` on 127.0.0.1 (SQLite); times from the server's flow-run records",
         "",
         result,
