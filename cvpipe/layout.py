@@ -111,3 +111,18 @@ def cache_dir(inputs: str) -> Path:
 def live_plots_dir(variant: str) -> Path:
     """A variant's training curves as dvclive writes them: ``reports/train/<variant>/live/plots/metrics``."""
     return train_dir(variant) / LIVE_PLOTS
+
+
+# -- the MNIST experiment (the seed's section 8.1): paths of its own, none shared with dogs-vs-cats -----------
+MNIST = "mnist"  # its name in models/, reports/metrics/, reports/train/ and reports/plots/
+MNIST_CACHE = Path("data/cache/mnist")  # {train,test}.npy (N x 28 x 28 uint8), their labels, SOURCE.json
+MNIST_SOURCE = MNIST_CACHE / SOURCE_NAME
+MNIST_TRAIN = split_file(MNIST_CACHE, "train")
+MNIST_TRAIN_LABELS = labels_file(MNIST_CACHE, "train")
+MNIST_TEST = split_file(MNIST_CACHE, "test")
+MNIST_TEST_LABELS = labels_file(MNIST_CACHE, "test")
+MNIST_MODEL = model_file(MNIST)
+MNIST_TRAIN_DIR = train_dir(MNIST)
+MNIST_METRICS = metrics_file(MNIST)
+MNIST_PLOTS = plots_dir(MNIST)
+MNIST_LIVE_PLOTS = live_plots_dir(MNIST)

@@ -17,7 +17,7 @@ from cvpipe.config import deep_merge, parse_params, read_overlay
 from cvpipe.pipeline.commands import dvc, run_tool
 
 # What a workspace needs from the project: the DAG, its params and the code files stages list as deps.
-PROJECT_FILES = ("dvc.yaml", "params.yaml")
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "bin/cvpipe")
 CODE_DIR = "cvpipe"
 # An identity for machines that have none (a fresh CI runner); GIT_AUTHOR_*/GIT_COMMITTER_* still win.
 _GIT_IDENTITY = ("git", "-c", "user.name=cvpipe", "-c", "user.email=cvpipe@localhost")
@@ -41,6 +41,7 @@ def prepare_workspace(project: Path, dest: Path, overrides: Mapping[str, Any]) -
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     for name in PROJECT_FILES:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(project / name, dest / name)
     shutil.copytree(project / CODE_DIR, dest / CODE_DIR, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (dest / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False), encoding="utf-8")

@@ -308,9 +308,10 @@ class Invocation:
 
 
 def invocation(cmd: str) -> Invocation:
-    """Parse a stage's ``cmd`` (one ``cvpipe`` call, every option with a value)."""
+    """Parse a stage's ``cmd`` (one ``bin/cvpipe`` call, every option with a value)."""
     words = shlex.split(cmd)
-    assert words[0] == "cvpipe", f"{cmd!r}: a stage runs one cvpipe command"
+    # bin/cvpipe, not a bare cvpipe: DVC runs cmds with the caller's PATH (see bin/cvpipe).
+    assert words[0] == "bin/cvpipe", f"{cmd!r}: a stage runs one bin/cvpipe command"
     arguments: list[str] = []
     options: dict[str, str] = {}
     rest = words[2:]
