@@ -313,5 +313,5 @@ def test_random_weights_are_seeded_and_identified_as_such() -> None:
 
 
 def test_unknown_precision_is_one_clear_error() -> None:
-    with pytest.raises(CvpipeError, match=r"mixed_float16.*expected one of float32, mixed_bfloat16"):
-        weights.check_precision("mixed_float16")
+    with pytest.raises(CvpipeError, match=r"'float64': expected one of .*float32"):
+        weights.check_precision("float64")
