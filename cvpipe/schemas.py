@@ -24,7 +24,8 @@ _PHASH_OR_EMPTY = r"^([0-9a-f]{16})?$"
 class ManifestSchema(pa.DataFrameModel):
     """One row per archive member (``data/manifest/images.parquet``)."""
 
-    member: Series[str] = pa.Field(unique=True, str_length={"min_value": 1})
+    # An empty name is allowed on a quarantined row only (a hostile archive's entry, reported, never read).
+    member: Series[str] = pa.Field(unique=True)
     label: Series[str]
     label_index: Series[int] = pa.Field(ge=-1)
     sha256: Series[str] = pa.Field(str_matches=_SHA256_OR_EMPTY)
@@ -55,6 +56,7 @@ class ManifestSchema(pa.DataFrameModel):
         ok = frame["status"] == "ok"
         complete = (
             frame["sha256"].str.len().eq(64)
+            & frame["member"].ne("")
             & frame["label"].ne("")
             & frame["label_index"].ge(0)
             & frame["width"].gt(0)

@@ -35,11 +35,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, PngImagePlugin
 
 # Outside ingest (which sets it to ingest.max_pixels for every frame any plugin opens: :func:`pixel_limit`),
 # Pillow's global limit is lifted: decode only reads members that ingest accepted.
 Image.MAX_IMAGE_PIXELS = None
+# A PNG's compressed text (iTXt/zTXt: XMP, a camera's notes) may inflate to this much, as Pillow's total for all
+# text chunks already does; its 1 MB default per chunk rejected photos whose pixels were fine.
+PngImagePlugin.MAX_TEXT_CHUNK = PngImagePlugin.MAX_TEXT_MEMORY
 
 # The formats cvpipe accepts; Pillow tries no other plugin. Containers that decode frames at open (ICO, ICNS),
 # call out to other programs (EPS: Ghostscript) or are rarely photos (PSD, TGA, PCX, ...) are not images here.

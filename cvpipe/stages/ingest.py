@@ -24,6 +24,7 @@ import math
 import re
 import stat
 import time
+import unicodedata
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -61,6 +62,7 @@ _READ_ERRORS = (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, Runt
 _BATCH = 4096
 _CHUNKS_PER_WORKER = 16
 _BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+_FILE_SIZE = Member._fields.index("file_size") - 1  # its column in a MemberTable's numbers
 _PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
@@ -114,9 +116,12 @@ def label_of(member: str, scheme: str) -> str:
     # Windows archivers (PowerShell 5's Compress-Archive) write ``PetImages\\Cat\\0.jpg``.
     path = PurePosixPath(member.replace("\\", "/"))
     if scheme == "folder":
-        return path.parent.name.lower() if len(path.parts) > 1 else ""
-    stem_parts = path.name.split(".")
-    return stem_parts[0].lower() if len(stem_parts) >= 3 else ""
+        label = path.parent.name if len(path.parts) > 1 else ""
+    else:
+        stem_parts = path.name.split(".")
+        label = stem_parts[0] if len(stem_parts) >= 3 else ""
+    # NFC: a macOS archiver writes names decomposed (NFD, ``Lo\u0308we``), params are typed composed.
+    return unicodedata.normalize("NFC", label).lower()
 
 
 def _unsafe_reason(member: Member) -> str:
@@ -138,6 +143,10 @@ def _debris_reason(member: str) -> str:
 
 def _precheck(member: Member, settings: Settings) -> str:
     """A reason to quarantine the member without reading it, or ''."""
+    if not member.name.strip("/"):
+        return "member with an empty name"
+    if member.name.endswith("/"):
+        return f"directory entry carrying {member.file_size} bytes of data; never read"
     reason = _unsafe_reason(member) or _debris_reason(member.name)
     if reason:
         return reason
@@ -192,9 +201,11 @@ def _label(row: Row, settings: Settings) -> Row:
     label = label_of(row.member, settings.labels)
     if not label:
         return row.quarantine(f"no class label in the name (data.labels={settings.labels})")
-    if label not in settings.classes:
+    known = [unicodedata.normalize("NFC", name) for name in settings.classes]
+    if label not in known:
         return row.quarantine(f"unknown class '{label}' (data.classes={list(settings.classes)})")
-    row.label, row.label_index = label, settings.classes.index(label)
+    row.label_index = known.index(label)
+    row.label = settings.classes[row.label_index]  # as params spell it: the split and schema match on it
     return row
 
 
@@ -242,7 +253,10 @@ def archive_members(archive_path: Path) -> MemberTable:
     except (zipfile.BadZipFile, OSError) as error:
         raise SourceError(f"{archive_path}: not a readable zip archive ({error}); rerun the download stage") from None
     names = entries.names
-    files = [index for index, name in enumerate(names) if not name.endswith("/")]  # as ZipInfo.is_dir
+    # Directory entries are not members (as ZipInfo.is_dir), unless they carry data: those get a row.
+    files = [
+        index for index, name in enumerate(names) if not name.endswith("/") or entries.numbers[index, _FILE_SIZE] > 0
+    ]
     duplicates = [name for name, count in collections.Counter(names[index] for index in files).items() if count > 1]
     if duplicates:
         raise SourceError(
@@ -373,6 +387,19 @@ def summarize(manifest: pd.DataFrame) -> IngestSummary:
     )
 
 
+def _likely_fix(manifest: pd.DataFrame, labels: str, classes: Sequence[str]) -> str:
+    """What would most likely give usable images, as a clause for the no-usable-image error ('' if unknown)."""
+    members = manifest["member"].tolist()
+    nested = [member for member in members if PurePosixPath(member.replace("\\", "/")).name.lower() == "train.zip"]
+    if nested:
+        return f" (it holds {nested[0]}, an archive: point data.path at that archive, extracted)"
+    other = "filename" if labels == "folder" else "folder"
+    relabelled = sum(label_of(member, other) in classes for member in members)
+    if relabelled:
+        return f" ({relabelled} member(s) would carry a class with data.labels: {other}; set it)"
+    return ""
+
+
 def _quantiles(column: pd.Series) -> dict[str, int]:
     if column.empty:
         return {}
@@ -413,7 +440,10 @@ def run(
         write_json_atomic(paths.report, report)
         # No usable image first: an empty manifest also fails the schema, but that would hide the real problem.
         if summary.ok == 0:
-            raise DataError(f"{paths.archive}: no usable image among {summary.members} members; see {paths.report}")
+            raise DataError(
+                f"{paths.archive}: no usable image among {summary.members} members"
+                f"{_likely_fix(manifest, labels, classes)}; see {paths.report}"
+            )
         if failures:
             raise DataError(
                 f"manifest failed validation with {len(failures)} problem(s), e.g. {failures[0]}; see {paths.report}"

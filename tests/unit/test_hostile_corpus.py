@@ -126,3 +126,60 @@ def test_identical_bytes_under_two_labels_are_left_out_and_reported(tmp_path: Pa
     assert summary.label_conflict_pairs == 1
     group = json.loads((tmp_path / "a/report.json").read_text())["exact_duplicates"][0]
     assert group["label_conflict"] and group["labels"] == ["cat", "dog"] and group["split"] == "unused"
+
+
+# Issue 15: messages that were unclear, late, or an internal error.
+
+
+def test_an_empty_member_name_and_a_directory_with_data_get_quarantined_rows(tmp_path: Path) -> None:
+    path = write_zip(
+        tmp_path / "a.zip", {"train/cat.0.jpg": jpeg_bytes(0), "train/dog.0.jpg": jpeg_bytes(1), "zzzz/": b"hidden"}
+    )
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr(zipfile.ZipInfo("", date_time=(1980, 1, 1, 0, 0, 0)), b"x")
+    params = Params(ingest=IngestConfig(workers=1))
+    ingest_module.run(params, IngestPaths(path, tmp_path / "m"))  # the manifest validates
+    manifest = pd.read_parquet(tmp_path / "m/images.parquet").set_index("member")
+    assert manifest.loc["", "reason"] == "member with an empty name"
+    assert manifest.loc["zzzz/", "reason"].startswith("directory entry carrying 6 bytes")
+    assert manifest.loc["train/dog.0.jpg", "status"] == "ok"
+
+
+def test_class_names_match_across_unicode_normal_forms(tmp_path: Path) -> None:
+    """macOS writes ``Lo\u0308we`` (NFD); params hold ``L\u00f6we`` (NFC): they look alike and did not match."""
+    members = {"PetImages/Lo\u0308we/1.jpg": jpeg_bytes(0), "PetImages/Cat/1.jpg": jpeg_bytes(1)}
+    manifest = build_manifest(
+        write_zip(tmp_path / "a.zip", members), IngestConfig(workers=1), "folder", ["cat", "l\u00f6we"]
+    ).set_index("member")
+    assert manifest.loc["PetImages/Lo\u0308we/1.jpg", "label"] == "l\u00f6we"
+    assert (manifest["status"] == "ok").all()
+
+
+def test_a_png_with_a_large_compressed_text_chunk_is_kept(tmp_path: Path) -> None:
+    from PIL import PngImagePlugin
+
+    from cvpipe.imaging.images import load_rgb
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("notes", "x" * 10_000_000, zip=True)  # 10 MB of text, 10 kB compressed
+    png = image_bytes(Image.fromarray(np.full((40, 50, 3), 90, dtype=np.uint8)), "PNG", pnginfo=info)
+    manifest = manifest_of(write_zip(tmp_path / "a.zip", {"train/cat.0.jpg": png}))
+    assert manifest.loc["train/cat.0.jpg", "status"] == "ok", manifest.loc["train/cat.0.jpg", "reason"]
+    assert load_rgb(png, 32).shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize(
+    ("members", "labels", "hint"),
+    [
+        ({"train/cat.0.jpg": jpeg_bytes(0), "train/dog.0.jpg": jpeg_bytes(1)}, "folder", "data.labels: filename"),
+        ({"Cat/0.jpg": jpeg_bytes(0), "Dog/0.jpg": jpeg_bytes(1)}, "filename", "data.labels: folder"),
+        ({"download/train.zip": b"PK\x05\x06" + bytes(18)}, "filename", "it holds download/train.zip, an archive"),
+    ],
+)
+def test_no_usable_image_names_the_likely_fix(tmp_path: Path, members: dict, labels: str, hint: str) -> None:
+    from cvpipe.config import DataConfig
+
+    params = Params(data=DataConfig(labels=labels), ingest=IngestConfig(workers=1))
+    with pytest.raises(DataError, match="no usable image") as caught:
+        ingest_module.run(params, IngestPaths(write_zip(tmp_path / "a.zip", members), tmp_path / "m"))
+    assert hint in str(caught.value)
