@@ -25,7 +25,7 @@ TINY_MODELS: dict[str, Any] = {
 }
 ALL_STAGES = {"download", "ingest", "split", "decode", "features", "audit", "report"} | {
     f"{kind}@{name}" for kind in ("train", "evaluate") for name in VARIANTS
-}
+} | {"mnist_data", "mnist_train", "mnist_evaluate"}
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ TINY: dict[str, Any] = {
     "data": {"source": "synthetic", "synthetic": {"per_class": 40, "min_side": 64, "max_side": 96}},
     "split": {"per_class": {"train": 20, "val": 6, "test": 10}},
     "image": {"size": 32},
+    # The MNIST stages on a few drawn digits: offline, and a second or two of training.
+    "mnist": {"source": "synthetic", "epochs": 1, "synthetic": {"train": 200, "test": 50}},
 }
 DATA_STAGES = ["download", "ingest", "split", "decode"]
 DETERMINISTIC_OUTPUTS = [

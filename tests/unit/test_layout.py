@@ -43,6 +43,13 @@ def expected_outs(name: str) -> list[Path]:
         "audit": [layout.AUDIT_REPORT, layout.AUDIT_THUMBNAILS],
         "report": [layout.REPORT_HTML],
     }
+    mnist = {
+        "mnist_data": [layout.MNIST_CACHE],
+        "mnist_train": [layout.MNIST_MODEL, layout.MNIST_TRAIN_DIR],
+        "mnist_evaluate": [layout.MNIST_PLOTS],
+    }
+    if name in mnist:
+        return mnist[name]
     if group == "train":
         return [layout.model_file(variant), layout.train_dir(variant)]
     if group == "evaluate":
@@ -51,6 +58,8 @@ def expected_outs(name: str) -> list[Path]:
 
 
 def expected_metrics(name: str) -> list[Path]:
+    if name == "mnist_evaluate":
+        return [layout.MNIST_METRICS]
     if name.startswith("evaluate@"):
         return [layout.metrics_file(variant_of(name))]
     return [layout.AUDIT_METRICS] if name == "audit" else []
@@ -103,7 +112,7 @@ def test_data_deps_are_layout_paths_written_upstream(name: str) -> None:
     outs = all_outs()
     known = known_paths()
     deps = data_deps(STAGES[name])
-    assert deps or name == "download", f"{name} reads nothing"
+    assert deps or name in ("download", "mnist_data"), f"{name} reads nothing"
     for dep in deps:
         assert Path(dep) in known, f"{name}: dep {dep} is not a path of cvpipe/layout.py"
         writers = {stage for out, stage in outs.items() if inside(dep, out) or inside(out, dep)}
@@ -179,6 +188,7 @@ def test_plots_are_layout_paths_inside_outs() -> None:
         plotted.extend(Path(path) for path in y) if isinstance(y, dict) else plotted.append(Path(key))
     expected = {layout.live_plots_dir(v) for v in VARIANT_NAMES}
     expected |= {layout.plots_dir(v) / name for v in VARIANT_NAMES for name in (layout.CONFUSION_NAME, layout.ROC_NAME)}
+    expected |= {layout.MNIST_LIVE_PLOTS, layout.MNIST_PLOTS / layout.CONFUSION_NAME}
     assert set(plotted) == expected
     outs = all_outs()
     for path in plotted:
