@@ -177,6 +177,11 @@ class EvaluateConfig(StrictModel):
 
     batch_size: PositiveInt = 64
     threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    # Uncertainty (issue 13): Wilson interval of accuracy, seeded bootstrap of ROC AUC, reliability bins.
+    ci_level: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
+    bootstrap_resamples: Annotated[int, Field(ge=10)] = 1000
+    bootstrap_seed: int = 0
+    calibration_bins: Annotated[int, Field(ge=2, le=100)] = 10
 
 
 class AuditConfig(StrictModel):
@@ -202,6 +207,7 @@ class ReportConfig(StrictModel):
     augmentations_per_image: Annotated[int, Field(ge=1, le=8)] = 3
     seed: Seed = 0
     max_quarantine_rows: PositiveInt = 200
+    mistakes: NonNegativeInt = 8  # each variant's most confident test mistakes shown as thumbnails
 
 
 class MnistSyntheticConfig(StrictModel):

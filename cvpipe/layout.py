@@ -126,3 +126,17 @@ MNIST_TRAIN_DIR = train_dir(MNIST)
 MNIST_METRICS = metrics_file(MNIST)
 MNIST_PLOTS = plots_dir(MNIST)
 MNIST_LIVE_PLOTS = live_plots_dir(MNIST)
+
+
+# -- audit beyond the anchors (issue 13): per-image predictions, calibration, embedding and label audits ------
+CALIBRATION_NAME = "calibration.csv"  # inside a variant's plots folder: the reliability diagram's bins
+PREDICTIONS_DIR = Path("reports/predictions")
+EMBEDDING_AUDIT_REPORT = AUDIT_DIR / "embedding.json"  # cross-split pairs by VGG16 cosine similarity
+EMBEDDING_AUDIT_METRICS = AUDIT_DIR / "embedding_metrics.json"
+LABEL_ISSUES = AUDIT_DIR / "label_issues.parquet"  # suspected mislabels, ranked by self-confidence
+LABEL_AUDIT_METRICS = AUDIT_DIR / "label_metrics.json"
+
+
+def predictions_file(variant: str, predictions_dir: Path = PREDICTIONS_DIR) -> Path:
+    """A variant's per-image test predictions: ``reports/predictions/<variant>.parquet``."""
+    return Path(predictions_dir) / f"{variant}.parquet"

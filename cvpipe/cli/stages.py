@@ -177,6 +177,10 @@ def evaluate(
     model: Annotated[Path, typer.Option(help="The trained .keras model.")],
     metrics: Annotated[Path, typer.Option(help="Metrics JSON to write.")],
     plots: Annotated[Path, typer.Option(help="Folder for confusion and ROC data.")],
+    predictions: Annotated[
+        Path | None, typer.Option(help="Per-image predictions parquet to write (member, sha256, verdict).")
+    ] = None,
+    splits: Annotated[Path, typer.Option(help="The split table (names the test rows).")] = layout.SPLITS,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Evaluate stage: test accuracy, loss, per-class precision/recall/F1, ROC AUC, confusion matrix."""
@@ -184,12 +188,15 @@ def evaluate(
 
     from cvpipe.stages import evaluate as stage  # imports Keras: after the params are checked
 
-    paths = stage.EvaluatePaths(inputs=inputs, model=model, metrics=metrics, plots=plots)
+    paths = stage.EvaluatePaths(
+        inputs=inputs, model=model, metrics=metrics, plots=plots, predictions=predictions, splits=splits
+    )
     with track_stage(
         "evaluate",
         stage=f"evaluate@{variant}",
-        inputs=[model, layout.split_file(inputs, "test"), layout.labels_file(inputs, "test")],
-        outputs=[metrics, plots],
+        inputs=[model, layout.split_file(inputs, "test"), layout.labels_file(inputs, "test")]
+        + ([splits] if predictions else []),
+        outputs=[metrics, plots, *([predictions] if predictions else [])],
         params_file=params,
         sections=["evaluate", "data"],
     ) as run:

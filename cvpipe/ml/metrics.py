@@ -3,12 +3,19 @@
 The figures therefore do not depend on a backend's metric implementations; ``loss`` clips as Keras does, so it
 matches ``model.evaluate``, and ``accuracy`` thresholds as Keras's binary accuracy does, so it matches the
 training logs.
+
+Uncertainty and calibration (issue 13): accuracy carries a Wilson score interval (:func:`wilson_interval`, exact
+enough at 2,000 test images and never outside [0, 1]), ROC AUC a seeded percentile bootstrap
+(:func:`bootstrap_auc_interval`); the Brier score and the expected calibration error are of the top-label
+confidence, the probability of the predicted class, binned as in Guo et al. (2017), so the same figures hold for
+two classes and for ten.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -87,18 +94,24 @@ def roc_curve(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def classification_metrics(
-    labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str], threshold: float = 0.5
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: Sequence[str],
+    threshold: float = 0.5,
+    uncertainty: Uncertainty | None = None,
 ) -> dict[str, Any]:
     """Return accuracy, loss, ROC AUC, macro and per-class precision/recall/F1, and the confusion matrix.
 
     ROC AUC is the positive class's for two classes, the macro average of one-vs-rest AUCs otherwise.
-    Precision, recall or F1 with a zero denominator count as 0.
+    Precision, recall or F1 with a zero denominator count as 0. With ``uncertainty``, also ``accuracy_ci``
+    (Wilson), ``roc_auc_ci`` (seeded bootstrap), ``brier``, ``ece`` and ``calibration`` (the reliability bins).
 
     Args:
         labels: integer labels.
         probabilities: N x K, e.g. from ``cvpipe.stages.evaluate.predict_probabilities``.
         class_names: names by label index.
         threshold: decision threshold on the positive class (two classes only).
+        uncertainty: how the intervals and calibration bins are drawn; None leaves them out.
 
     Raises:
         DataError: labels outside ``0 .. K - 1``.
@@ -119,9 +132,184 @@ def classification_metrics(
     }
     for name in ("precision", "recall", "f1"):
         metrics[f"{name}_macro"] = float(np.mean([per_class[cls][name] for cls in class_names]))
+    if uncertainty is not None:
+        metrics.update(uncertainty_metrics(labels, probabilities, predicted, uncertainty))
     metrics["per_class"] = per_class
     metrics["confusion_matrix"] = matrix.tolist()
     return metrics
+
+
+@dataclass(frozen=True)
+class Uncertainty:
+    """How intervals and calibration are computed (the ``evaluate`` params)."""
+
+    level: float = 0.95
+    """Two-sided confidence level of both intervals."""
+    bootstrap_resamples: int = 1000
+    bootstrap_seed: int = 0
+    calibration_bins: int = 10
+
+
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Return the Wilson score interval of a binomial proportion ``successes / n``.
+
+    Unlike the normal approximation it stays inside [0, 1] and keeps its coverage near 0 and 1, where the
+    transfer-learning variants' accuracies sit (0.97: about +-0.008 on 2,000 images).
+
+    Raises:
+        DataError: ``n`` is not positive or ``successes`` is outside ``0 .. n``.
+    """
+    if n <= 0 or not 0 <= successes <= n:
+        raise DataError(f"Wilson interval: {successes} successes of {n} trials")
+    z = _normal_quantile(0.5 + level / 2)
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def bootstrap_auc_interval(
+    labels: np.ndarray, probabilities: np.ndarray, resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float] | None:
+    """Return a percentile bootstrap interval of the ROC AUC (as :func:`classification_metrics` defines it).
+
+    Test rows are resampled with replacement from ``numpy.random.default_rng(seed)``, so the interval is the
+    same on every run; resamples that lose a class are skipped. None when fewer than 10 resamples are usable.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    values = []
+    for _ in range(resamples):
+        picked = rng.integers(0, n, size=n)
+        value = _auc_of(labels[picked], probabilities[picked])
+        if value is not None:
+            values.append(value)
+    if len(values) < 10:
+        return None
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def brier_score(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Return the mean squared error of the probabilities against the one-hot labels.
+
+    For two classes it is the usual ``mean((p(class 1) - y)^2)`` (0 perfect, 0.25 a coin flip); for K classes
+    the sum over classes, averaged over rows, halved so that two classes give the same figure.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    onehot = np.eye(probabilities.shape[1])[labels]
+    return float(np.mean(np.sum((probabilities - onehot) ** 2, axis=1)) / 2)
+
+
+def reliability_bins(
+    labels: np.ndarray, probabilities: np.ndarray, predicted: np.ndarray, bins: int = 10
+) -> list[dict[str, Any]]:
+    """Return the reliability diagram: per equal-width bin of top-label confidence, its count, mean and accuracy.
+
+    The confidence of a row is the probability the model gave its predicted class (``1 - p`` for a two-class
+    row predicted 0). Empty bins are listed with ``count: 0`` and null means, so every plot has the same axis.
+    """
+    labels, predicted = np.asarray(labels).astype(np.int64), np.asarray(predicted).astype(np.int64)
+    confidence = probabilities[np.arange(len(predicted)), predicted]
+    # Bin i holds (i/bins, (i+1)/bins]; a confidence of exactly 0 (possible only with >2 classes) joins bin 0.
+    index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    correct = predicted == labels
+    rows = []
+    for b in range(bins):
+        members = index == b
+        count = int(members.sum())
+        rows.append(
+            {
+                "bin": b,
+                "lower": b / bins,
+                "upper": (b + 1) / bins,
+                "count": count,
+                "confidence": float(confidence[members].mean()) if count else None,
+                "accuracy": float(correct[members].mean()) if count else None,
+            }
+        )
+    return rows
+
+
+def expected_calibration_error(bins: Sequence[dict[str, Any]]) -> float:
+    """Return the ECE of :func:`reliability_bins`: the count-weighted mean of ``|accuracy - confidence|``."""
+    total = sum(row["count"] for row in bins)
+    if not total:
+        return 0.0
+    return float(sum(row["count"] * abs(row["accuracy"] - row["confidence"]) for row in bins if row["count"]) / total)
+
+
+def uncertainty_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, predicted: np.ndarray, cfg: Uncertainty
+) -> dict[str, Any]:
+    """Return ``accuracy_ci``, ``roc_auc_ci``, ``ci_level``, ``brier``, ``ece`` and ``calibration`` (the bins)."""
+    labels = np.asarray(labels).astype(np.int64)
+    hits = int(np.sum(predicted == labels))
+    auc_ci = bootstrap_auc_interval(labels, probabilities, cfg.bootstrap_resamples, cfg.bootstrap_seed, cfg.level)
+    bins = reliability_bins(labels, probabilities, predicted, cfg.calibration_bins)
+    return {
+        "accuracy_ci": list(wilson_interval(hits, len(labels), cfg.level)),
+        "roc_auc_ci": list(auc_ci) if auc_ci is not None else None,
+        "ci_level": cfg.level,
+        "brier": brier_score(labels, probabilities),
+        "ece": expected_calibration_error(bins),
+        "calibration": bins,
+    }
+
+
+def _auc_of(labels: np.ndarray, probabilities: np.ndarray) -> float | None:
+    """The AUC :func:`classification_metrics` reports, without its per-class table or its logging."""
+    if probabilities.shape[1] == 2:
+        return roc_auc(labels == 1, probabilities[:, 1])
+    aucs = [roc_auc(labels == k, probabilities[:, k]) for k in range(probabilities.shape[1])]
+    defined = [auc for auc in aucs if auc is not None]
+    return float(np.mean(defined)) if len(defined) == len(aucs) else None
+
+
+def _normal_quantile(q: float) -> float:
+    """The standard normal quantile (Acklam's rational approximation, |error| < 1.2e-9): no SciPy needed."""
+    a = (
+        -3.969683028665376e01,
+        2.209460984245205e02,
+        -2.759285104469687e02,
+        1.383577518672690e02,
+        -3.066479806614716e01,
+        2.506628277459239e00,
+    )
+    b = (
+        -5.447609879822406e01,
+        1.615858368580409e02,
+        -1.556989798598866e02,
+        6.680131188771972e01,
+        -1.328068155288572e01,
+    )
+    c = (
+        -7.784894002430293e-03,
+        -3.223964580411365e-01,
+        -2.400758277161838e00,
+        -2.549732539343734e00,
+        4.374664141464968e00,
+        2.938163982698783e00,
+    )
+    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
+    if not 0 < q < 1:
+        raise DataError(f"normal quantile of {q}: expected 0 < q < 1")
+    if q < 0.02425 or q > 1 - 0.02425:
+        t = np.sqrt(-2 * np.log(min(q, 1 - q)))
+        x = (((((c[0] * t + c[1]) * t + c[2]) * t + c[3]) * t + c[4]) * t + c[5]) / (
+            (((d[0] * t + d[1]) * t + d[2]) * t + d[3]) * t + 1
+        )
+        return float(x if q < 0.5 else -x)
+    r = q - 0.5
+    t = r * r
+    return float(
+        (((((a[0] * t + a[1]) * t + a[2]) * t + a[3]) * t + a[4]) * t + a[5])
+        * r
+        / (((((b[0] * t + b[1]) * t + b[2]) * t + b[3]) * t + b[4]) * t + 1)
+    )
 
 
 def _per_class(

@@ -23,6 +23,7 @@ from cvpipe import layout
 from cvpipe.config import SPLITS, VARIANTS, ReportConfig
 from cvpipe.report.charts import bar_chart, histogram, line_chart
 from cvpipe.report.html import esc, image_grid, jpeg_data_uri, table, td, value_cell
+from cvpipe.report.verdicts import SCRATCH_AUG_NOTE, interval
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class ReportInputs:
     train: Path = layout.TRAIN_DIR
     audit: Path = layout.AUDIT_DIR
     lineage: Path = layout.LINEAGE_DIR
+    predictions: Path = layout.PREDICTIONS_DIR
 
     def under(self, root: Path) -> ReportInputs:
         """The same paths, relative to ``root`` when they are relative."""
@@ -81,15 +83,16 @@ def _cell(value: Any) -> str:
 
 
 def metrics_table(metrics_dir: Path) -> str:
-    """A Markdown table: variant, test accuracy, loss, ROC AUC, test images, the seed's accuracy."""
+    """A Markdown table: variant, test accuracy, loss, ROC AUC (each figure's interval beside it), the seed's."""
     rows = [
-        "| variant | test accuracy | test loss | ROC AUC | test images | seed accuracy |",
-        "|---|---|---|---|---|---|",
+        "| variant | test accuracy | 95% CI | test loss | ROC AUC | 95% CI | test images | seed accuracy |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, metrics in read_metrics(metrics_dir).items():
         rows.append(
-            f"| {name} | {_cell(metrics.get('accuracy'))} | {_cell(metrics.get('loss'))} | "
-            f"{_cell(metrics.get('roc_auc'))} | {metrics.get('n_samples', '-')} | {_cell(SEED_ACCURACY.get(name))} |"
+            f"| {name} | {_cell(metrics.get('accuracy'))} | {interval(metrics, 'accuracy')} | "
+            f"{_cell(metrics.get('loss'))} | {_cell(metrics.get('roc_auc'))} | {interval(metrics, 'roc_auc')} | "
+            f"{metrics.get('n_samples', '-')} | {_cell(SEED_ACCURACY.get(name))} |"
         )
     return "\n".join(rows)
 
@@ -145,8 +148,9 @@ def metrics_section(inputs: ReportInputs) -> str:
         accuracy = values.get("accuracy")
         delta = accuracy - seed if isinstance(accuracy, (int, float)) and seed is not None else None
         rows.append(
-            [f"<th>{esc(name)}</th>"]
-            + [value_cell(values.get(key), variant=name, metric=key) for key in keys]
+            [f"<th>{esc(name)}</th>", value_cell(values.get("accuracy"), variant=name, metric="accuracy")]
+            + [td(interval(values, "accuracy"))]
+            + [value_cell(values.get(key), variant=name, metric=key) for key in keys[1:]]
             + [
                 value_cell(seed, variant=name, metric="seed_accuracy"),
                 value_cell(delta, variant=name, metric="delta"),
@@ -155,6 +159,7 @@ def metrics_section(inputs: ReportInputs) -> str:
     header = [
         "variant",
         "test accuracy",
+        "95% CI",
         "test loss",
         "ROC AUC",
         "precision",
@@ -173,7 +178,7 @@ def metrics_section(inputs: ReportInputs) -> str:
         "accuracy",
         y_max=1.0,
     )
-    return table(header, rows, "metrics") + f'<div class="fig">{chart}</div>'
+    return table(header, rows, "metrics") + f"<p>{esc(SCRATCH_AUG_NOTE)}</p>" + f'<div class="fig">{chart}</div>'
 
 
 def curves_section(inputs: ReportInputs) -> str:
@@ -453,6 +458,34 @@ def lineage_section(inputs: ReportInputs, root: Path) -> str:
     )
 
 
+def verdict_sections(inputs: ReportInputs, cfg: ReportConfig, thumbnails: int) -> list[tuple[str, str, str]]:
+    """Issue 13's sections: calibration, confident mistakes, the embedding and label-issue audits."""
+    from cvpipe.report import verdicts
+
+    metrics = read_metrics(inputs.metrics) if Path(inputs.metrics).is_dir() else {}
+    audit = Path(inputs.audit)
+    return [
+        ("calibration", "Uncertainty and calibration (test split)", verdicts.calibration_section(metrics)),
+        (
+            "mistakes",
+            "Each variant's most confident mistakes",
+            verdicts.mistakes_section(inputs.predictions, inputs.images, cfg.mistakes),
+        ),
+        (
+            "embedding",
+            "Embedding leakage audit (VGG16 cosine similarity)",
+            verdicts.embedding_section(audit / layout.EMBEDDING_AUDIT_REPORT.name, inputs.images, thumbnails),
+        ),
+        (
+            "labels",
+            "Label-issue audit (confident learning)",
+            verdicts.label_issues_section(
+                audit / layout.LABEL_ISSUES.name, audit / layout.LABEL_AUDIT_METRICS.name, inputs.images, thumbnails
+            ),
+        ),
+    ]
+
+
 def all_sections(
     root: Path, inputs: ReportInputs, cfg: ReportConfig, thumbnails: int = 24, classes: Sequence[str] = ()
 ) -> list[tuple[str, str, str]]:
@@ -468,5 +501,6 @@ def all_sections(
             augmentation_section(inputs, cfg, classes),
         ),
         ("audit", "Leakage audit: exact and near-duplicates", audit_section(inputs, thumbnails)),
+        *verdict_sections(inputs, cfg, thumbnails),
         ("lineage", "Lineage: every stage's last run", lineage_section(inputs, root)),
     ]

@@ -8,6 +8,12 @@ Outputs (all written atomically):
   template; ``confusion_matrix.json``: the counts, rows actual and columns predicted.
 * ``<plots dir>/roc.csv``: ``fpr,tpr,threshold`` rows for DVC's ``simple``/``linear`` templates (with more
   than two classes, one one-vs-rest curve per class and a leading ``class`` column).
+* ``<plots dir>/calibration.csv``: the reliability diagram (``bin,lower,upper,count,confidence,accuracy``),
+  whose count-weighted gap is ``ece`` in the metrics; ``accuracy_ci`` (Wilson) and ``roc_auc_ci`` (seeded
+  bootstrap) sit next to the figures they bound.
+* ``reports/predictions/<variant>.parquet``: one row per test image (member, sha256, label, each class's
+  probability, predicted, confidence, correct), the images named from the split table
+  (:mod:`cvpipe.ml.predictions`).
 
 The metrics are computed with NumPy from the predicted probabilities (:mod:`cvpipe.ml.metrics`).
 """
@@ -29,10 +35,11 @@ import numpy as np
 from cvpipe import layout
 from cvpipe.config import EvaluateConfig, Params
 from cvpipe.errors import DataError
-from cvpipe.io import write_bytes_atomic, write_json_atomic
+from cvpipe.io import write_bytes_atomic, write_json_atomic, write_parquet
 from cvpipe.ml.arrays import IN_MEMORY_BYTES, ArrayBatches, fits_in_memory, load_split
-from cvpipe.ml.metrics import classification_metrics, predicted_labels, roc_curve
+from cvpipe.ml.metrics import Uncertainty, classification_metrics, predicted_labels, roc_curve
 from cvpipe.ml.models import load_model
+from cvpipe.ml.predictions import predictions_frame, split_rows
 from cvpipe.ml.variants import get_variant
 
 logger = logging.getLogger(__name__)
@@ -47,12 +54,21 @@ class EvaluatePaths:
     model: Path
     metrics: Path
     plots: Path
+    predictions: Path | None = None
+    """The per-image parquet to write (None: none); it names rows from ``splits``."""
+    splits: Path = layout.SPLITS
 
     @classmethod
     def default(cls, variant: str) -> EvaluatePaths:
         """The paths of ``variant`` in the pipeline (:mod:`cvpipe.layout`)."""
         cache = layout.FEATURES_CACHE if get_variant(variant).inputs == "features" else layout.IMAGES_CACHE
-        return cls(cache, layout.model_file(variant), layout.metrics_file(variant), layout.plots_dir(variant))
+        return cls(
+            cache,
+            layout.model_file(variant),
+            layout.metrics_file(variant),
+            layout.plots_dir(variant),
+            layout.predictions_file(variant),
+        )
 
 
 @dataclass(frozen=True)
@@ -69,6 +85,11 @@ class EvaluateSummary:
     f1_macro: float
     confusion_matrix: list[list[int]]
     """Rows actual classes, columns predicted ones."""
+    accuracy_ci: list[float] | None = None
+    roc_auc_ci: list[float] | None = None
+    ci_level: float | None = None
+    brier: float | None = None
+    ece: float | None = None
 
 
 def run(
@@ -88,12 +109,22 @@ def run(
     """
     paths = paths or EvaluatePaths.default(variant)
     inputs, labels = load_split(paths.inputs, "test")
+    # Named before the model runs, so a cache from another split version fails in one line at once.
+    rows = split_rows(paths.splits, "test", len(labels)) if paths.predictions is not None else None
     metrics = evaluate_model(
-        paths.model, inputs, labels, params.evaluate, params.data.classes, paths.metrics, paths.plots
+        paths.model,
+        inputs,
+        labels,
+        params.evaluate,
+        params.data.classes,
+        paths.metrics,
+        paths.plots,
+        rows=rows,
+        out_predictions=paths.predictions,
     )
     if progress is not None:
         progress(len(labels))
-    return EvaluateSummary(**{key: value for key, value in metrics.items() if key != "per_class"})
+    return EvaluateSummary(**{key: value for key, value in metrics.items() if key not in ("per_class", "calibration")})
 
 
 def evaluate_model(
@@ -104,6 +135,8 @@ def evaluate_model(
     class_names: Sequence[str],
     out_metrics: Path,
     out_plots_dir: Path,
+    rows: Any = None,
+    out_predictions: Path | None = None,
 ) -> dict[str, Any]:
     """Score ``model_path`` on ``inputs`` and write metrics, confusion and ROC data.
 
@@ -114,7 +147,9 @@ def evaluate_model(
         cfg: the ``evaluate`` section (batch size, decision threshold for two classes).
         class_names: names by label index, e.g. ``["cat", "dog"]``; label 1 is the positive class.
         out_metrics: the metrics JSON to write.
-        out_plots_dir: folder for ``confusion.csv``, ``confusion_matrix.json`` and ``roc.csv``.
+        out_plots_dir: folder for ``confusion.csv``, ``confusion_matrix.json``, ``roc.csv``, ``calibration.csv``.
+        rows: the test images in row order (:func:`cvpipe.ml.predictions.split_rows`), for ``out_predictions``.
+        out_predictions: the per-image parquet to write; None writes none.
 
     Returns:
         The metrics written to ``out_metrics`` plus ``confusion_matrix``.
@@ -132,8 +167,12 @@ def evaluate_model(
         raise DataError(
             f"{model_path} predicts {probabilities.shape[1]} classes but {len(class_names)} class names were given"
         )
-    metrics = classification_metrics(labels, probabilities, class_names, cfg.threshold)
+    uncertainty = Uncertainty(cfg.ci_level, cfg.bootstrap_resamples, cfg.bootstrap_seed, cfg.calibration_bins)
+    metrics = classification_metrics(labels, probabilities, class_names, cfg.threshold, uncertainty)
     _write_outputs(metrics, labels, probabilities, class_names, cfg.threshold, Path(out_metrics), Path(out_plots_dir))
+    if out_predictions is not None:
+        frame = predictions_frame(rows, probabilities, predicted_labels(probabilities, cfg.threshold), class_names)
+        write_parquet(frame, Path(out_predictions))
     logger.info(
         "evaluated %s on %d samples: accuracy %.4f, loss %.4f, roc_auc %s",
         Path(model_path).name,
@@ -182,6 +221,9 @@ def _write_outputs(
         {"labels": list(class_names), "matrix": metrics["confusion_matrix"]},
     )
     write_bytes_atomic(out_plots_dir / layout.ROC_NAME, _roc_csv(labels, probabilities, class_names))
+    fields = ("bin", "lower", "upper", "count", "confidence", "accuracy")
+    calibration = [[row[key] if row[key] is not None else "" for key in fields] for row in metrics["calibration"]]
+    write_bytes_atomic(out_plots_dir / layout.CALIBRATION_NAME, _csv(fields, calibration))
 
 
 def _roc_csv(labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]) -> bytes:

@@ -53,7 +53,7 @@ def expected_outs(name: str) -> list[Path]:
     if group == "train":
         return [layout.model_file(variant), layout.train_dir(variant)]
     if group == "evaluate":
-        return [layout.plots_dir(variant)]
+        return [layout.plots_dir(variant), layout.predictions_file(variant)]
     return table[group]
 
 
@@ -73,7 +73,7 @@ def known_paths() -> set[Path]:
             known |= {layout.split_file(cache, split), layout.labels_file(cache, split)}
     for variant in VARIANT_NAMES:
         known |= {layout.model_file(variant), layout.train_dir(variant), layout.metrics_file(variant)}
-        known |= {layout.plots_dir(variant), layout.live_plots_dir(variant)}
+        known |= {layout.plots_dir(variant), layout.live_plots_dir(variant), layout.predictions_file(variant)}
     known |= {layout.lineage_dir(name) for name in NAMES}
     return known
 
@@ -136,6 +136,7 @@ def expected_option(name: str, option: str, defaults: dict[str, Any]) -> Path | 
         "--model": layout.model_file(variant.name),
         "--metrics": layout.metrics_file(variant.name),
         "--plots": layout.plots_dir(variant.name),
+        "--predictions": layout.predictions_file(variant.name),
         "--init": layout.model_file(variant.parent) if variant.parent else None,
     }
     if group == "train":
@@ -187,7 +188,8 @@ def test_plots_are_layout_paths_inside_outs() -> None:
         y = (spec or {}).get("y")
         plotted.extend(Path(path) for path in y) if isinstance(y, dict) else plotted.append(Path(key))
     expected = {layout.live_plots_dir(v) for v in VARIANT_NAMES}
-    expected |= {layout.plots_dir(v) / name for v in VARIANT_NAMES for name in (layout.CONFUSION_NAME, layout.ROC_NAME)}
+    names = (layout.CONFUSION_NAME, layout.ROC_NAME, layout.CALIBRATION_NAME)
+    expected |= {layout.plots_dir(v) / name for v in VARIANT_NAMES for name in names}
     expected |= {layout.MNIST_LIVE_PLOTS, layout.MNIST_PLOTS / layout.CONFUSION_NAME}
     assert set(plotted) == expected
     outs = all_outs()

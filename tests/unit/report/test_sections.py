@@ -90,5 +90,5 @@ def write_outputs(tmp_path: Path) -> Path:
 
 def test_metrics_table_lists_the_seed_next_to_each_variant(outputs: Path) -> None:
     table = metrics_table(outputs / "reports/metrics").splitlines()
-    assert table[2] == "| scratch | 0.610 | 0.500 | 0.700 | 20 | 0.697 |"
+    assert table[2] == "| scratch | 0.610 | - | 0.500 | 0.700 | - | 20 | 0.697 |"
     assert table[3].startswith("| fine_tuning | 0.935 |") and table[3].endswith("| 0.977 |")

@@ -179,10 +179,62 @@ def test_run_scores_the_test_split_and_summarises_without_per_class(tmp_path: Pa
     written = json.loads(paths.metrics.read_text())
     assert summary.accuracy == pytest.approx(4 / 6) and summary.confusion_matrix == [[2, 1], [1, 2]]
     assert summary.n_samples == 6 == sum(counted)
-    assert {key: value for key, value in written.items() if key != "per_class"} == {
+    assert {key: value for key, value in written.items() if key not in ("per_class", "calibration")} == {
         key: value for key, value in dataclasses.asdict(summary).items() if key != "confusion_matrix"
     }
     assert evaluate.EvaluatePaths.default("feature_extraction").inputs == layout.FEATURES_CACHE
     assert evaluate.EvaluatePaths.default("scratch") == evaluate.EvaluatePaths(
-        layout.IMAGES_CACHE, layout.model_file("scratch"), layout.metrics_file("scratch"), layout.plots_dir("scratch")
+        layout.IMAGES_CACHE,
+        layout.model_file("scratch"),
+        layout.metrics_file("scratch"),
+        layout.plots_dir("scratch"),
+        layout.predictions_file("scratch"),
     )
+
+
+def test_run_writes_intervals_calibration_and_per_image_predictions(tmp_path: Path) -> None:
+    import pandas as pd
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    np.save(layout.split_file(cache, "test"), BINARY_SCORES)
+    np.save(layout.labels_file(cache, "test"), BINARY_LABELS)
+    splits = tmp_path / "splits.parquet"
+    pd.DataFrame(
+        {
+            "split": ["test"] * 6,
+            "row": list(range(6)),
+            "member": [f"train/{'dog' if y else 'cat'}.{i}.jpg" for i, y in enumerate(BINARY_LABELS)],
+            "sha256": [f"{i:064x}" for i in range(6)],
+            "label": ["dog" if y else "cat" for y in BINARY_LABELS],
+            "label_index": BINARY_LABELS,
+            "group": list(range(6)),
+        }
+    ).to_parquet(splits, index=False)
+    paths = evaluate.EvaluatePaths(
+        inputs=cache,
+        model=identity_model(tmp_path / "binary.keras", 1),
+        metrics=tmp_path / "metrics.json",
+        plots=tmp_path / "plots",
+        predictions=tmp_path / "predictions.parquet",
+        splits=splits,
+    )
+    summary = evaluate.run("feature_extraction", Params(), paths)
+    low, high = summary.accuracy_ci
+    assert low < 4 / 6 < high and summary.brier == pytest.approx(np.mean((BINARY_SCORES[:, 0] - BINARY_LABELS) ** 2))
+    calibration = read_csv(paths.plots / layout.CALIBRATION_NAME)
+    assert len(calibration) == 10 and sum(int(row["count"]) for row in calibration) == 6
+    frame = pd.read_parquet(paths.predictions)
+    assert frame["member"].tolist()[2] == "train/dog.2.jpg" and frame["correct"].sum() == 4
+    np.testing.assert_allclose(frame["p_dog"], BINARY_SCORES[:, 0], rtol=1e-6)
+    with pytest.raises(DataError, match="another split version"):
+        evaluate.run("feature_extraction", Params(), dataclasses.replace(paths, splits=_short_splits(tmp_path)))
+
+
+def _short_splits(tmp_path: Path) -> Path:
+    import pandas as pd
+
+    path = tmp_path / "short.parquet"
+    frame = pd.read_parquet(tmp_path / "splits.parquet").head(5)
+    frame.to_parquet(path, index=False)
+    return path
