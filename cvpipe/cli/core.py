@@ -9,6 +9,7 @@ live beside this module (:mod:`cvpipe.cli.stages`, :mod:`cvpipe.cli.lineage`, ..
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -129,6 +130,20 @@ def _interruptible() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def _fixable(error: Exception) -> str:
+    """One line for a failure outside cvpipe's own errors that the user can fix, or ''.
+
+    A read-only or foreign-owned output folder, and a truncated or corrupt parquet file (a stage run with
+    ``--single-item`` after its input was damaged): both used to be reported as internal errors.
+    """
+    if isinstance(error, PermissionError) or (isinstance(error, OSError) and error.errno == errno.EROFS):
+        where = error.filename or "a file"
+        return f"cannot write or read {where}: {error.strerror}; make it writable (or readable) and rerun"
+    if type(error).__module__.startswith("pyarrow") and "Parquet" in str(error):
+        return f"{error}; the file is truncated or corrupt: rerun the stage that writes it (dvc repro -f <stage>)"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and map failures to exit codes and one clear line.
 
@@ -165,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
             full = disk_full_error(failed_path(error))
             typer.echo(f"error: {full}", err=True)
             return full.exit_code
+        fixable = _fixable(error)
+        if fixable:
+            typer.echo(f"error: {fixable}", err=True)
+            return 2
         typer.echo(f"internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)", err=True)
         return 1
     # Under standalone_mode=False typer *returns* an exit code (typer.Exit, or 130 for a KeyboardInterrupt it

@@ -24,7 +24,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,9 +198,25 @@ def decode_split(
         map_chunks(work, jobs, worker_count(cfg.workers), progress, max_chunk=max_rows, pool=pool)
 
 
+@contextlib.contextmanager
+def _readable_splits(splits_path: Path) -> Iterator[None]:
+    """Turn pyarrow's error for a truncated or corrupt split table into one line naming it and the fix."""
+    try:
+        yield
+    except pa.ArrowInvalid as error:
+        raise DataError(
+            f"{splits_path}: not a readable parquet file ({error}); rerun the split stage (dvc repro -f split)"
+        ) from None
+
+
 def count_images(splits_path: Path) -> int:
-    """How many rows the split table has (what the stage decodes), from the parquet footer: no column is read."""
-    return int(pq.read_metadata(splits_path).num_rows)
+    """How many rows the split table has (what the stage decodes), from the parquet footer: no column is read.
+
+    Raises:
+        DataError: the file is truncated or not parquet.
+    """
+    with _readable_splits(splits_path):
+        return int(pq.read_metadata(splits_path).num_rows)
 
 
 def read_splits(splits_path: Path) -> dict[str, tuple[pa.ChunkedArray, np.ndarray]]:
@@ -210,7 +226,7 @@ def read_splits(splits_path: Path) -> dict[str, tuple[pa.ChunkedArray, np.ndarra
     the stage's resident memory barely grows with the number of rows. Rows of other splits than
     :data:`~cvpipe.config.SPLITS` are left out.
     """
-    with system_memory_pool():
+    with system_memory_pool(), _readable_splits(splits_path):
         table = pq.read_table(splits_path, columns=["split", "row", "member", "label_index"], use_threads=False)
         splits: dict[str, tuple[pa.ChunkedArray, np.ndarray]] = {}
         for name in SPLITS:
