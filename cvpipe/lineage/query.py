@@ -318,7 +318,7 @@ def image_lineage(
     group = splits[splits["group"] == entry["group"]]["member"].sort_values().tolist()
     answer.update(split=split, row=row, near_duplicate_group=group)
     answer["caches"] = _cache_rows(root, split, row)
-    answer["models"] = _models_using(root, split, _current_hash(root / splits_path))
+    answer["models"] = _models_using(root, split, _current_hash(root / splits_path), sha256)
     return answer
 
 
@@ -342,8 +342,11 @@ def _cache_rows(root: Path, split: str, row: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _models_using(root: Path, split: str, splits_md5: str | None) -> list[dict[str, Any]]:
-    """Training stages that fit on (train) or selected by (val) this split version; evaluations on test."""
+def _models_using(root: Path, split: str, splits_md5: str | None, sha256: str = "") -> list[dict[str, Any]]:
+    """Training stages that fit on (train) or selected by (val) this split version; evaluations on test.
+
+    Each evaluation carries its model's verdict on the image (``reports/predictions/<variant>.parquet``).
+    """
     records = all_records(root)
     wanted = "evaluate" if split == "test" else "train"
     use = {"train": "trained on it", "val": "validated on it (best epoch chosen on val)", "test": "tested on it"}[split]
@@ -364,9 +367,31 @@ def _models_using(root: Path, split: str, splits_md5: str | None) -> list[dict[s
                 "use": use,
                 "same_split_version": used_md5 is not None and used_md5 == splits_md5,
                 "chain_intact": intact,
+                **({"prediction": _prediction(root, record, sha256)} if wanted == "evaluate" else {}),
             }
         )
     return found
+
+
+def _prediction(root: Path, record: Mapping[str, Any], sha256: str) -> dict[str, Any] | None:
+    """The evaluate stage's verdict on one image, from the predictions parquet its record lists (None: none)."""
+    path = next((out["path"] for out in record.get("outputs") or [] if out["path"].endswith(".parquet")), None)
+    if path is None or not (root / path).is_file():
+        return None
+    frame = pd.read_parquet(root / path)
+    rows = frame[frame["sha256"] == sha256]
+    if rows.empty:
+        return None
+    row = rows.iloc[0]
+    probabilities = {col[2:]: float(row[col]) for col in frame.columns if col.startswith("p_")}
+    return {
+        "label": str(row["label"]),
+        "predicted": str(row["predicted"]),
+        "confidence": float(row["confidence"]),
+        "correct": bool(row["correct"]),
+        "probabilities": probabilities,
+        "path": path,
+    }
 
 
 # -- diff -----------------------------------------------------------------------------------------------------
@@ -522,6 +547,10 @@ def format_image(answer: Mapping[str, Any]) -> str:
             "" if model["same_split_version"] and model["chain_intact"] else "  (built from another split version)"
         )
         lines.append(f"  {model['stage']}: {model['model']} {model['use']}{verdict}")
+        said = model.get("prediction")
+        if said:
+            mark = "correct" if said["correct"] else f"WRONG (label {said['label']})"
+            lines.append(f"    predicted {said['predicted']} with p={said['confidence']:.3f}: {mark}")
     return "\n".join(lines)
 
 
