@@ -119,13 +119,38 @@ class SplitFractions(StrictModel):
         return self
 
 
+class NearDuplicateRuleConfig(StrictModel):
+    """The near-duplicate rule (``cvpipe.imaging.confirm.NearDuplicateRule``): hash candidates, then confirmation.
+
+    Pairs whose 64-bit hashes (of the images, or of one image's mirror) differ by at most ``hash_bits`` are
+    candidates; a candidate is a near-duplicate when the normalised cross-correlation of the two images' blurred
+    grey ``thumbnail`` px thumbnails, searched over shifts of ``max_shift`` px and the mirror, is at least
+    ``threshold``. More than ``max_candidates`` candidates fails the stage (confirming them would take minutes).
+    """
+
+    hash_bits: Annotated[int, Field(ge=0, le=64)] = 10
+    measure: Literal["ncc"] = "ncc"
+    thumbnail: Annotated[int, Field(ge=8, le=256)] = 48
+    blur: Annotated[float, Field(ge=0.0, le=16.0)] = 1.5
+    max_shift: Annotated[int, Field(ge=0, le=8)] = 1
+    threshold: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.993
+    max_candidates: PositiveInt = 1_000_000
+
+
+class NearDuplicateConfig(NearDuplicateRuleConfig):
+    """The split's near-duplicate rule and its guard (``cvpipe.imaging.guard.GroupGuard``)."""
+
+    max_class_fraction: Fraction = 0.05
+    max_group_size: Annotated[int, Field(ge=2)] = 25
+
+
 class SplitConfig(StrictModel):
     """The split stage: stratified, seeded, leak-free."""
 
     seed: Seed = 42
     per_class: SplitCounts | None = SplitCounts(train=1000, val=500, test=1000)
     fractions: SplitFractions | None = None
-    near_duplicate_threshold: Annotated[int, Field(ge=0, le=64)] = 10
+    near_duplicate: NearDuplicateConfig = NearDuplicateConfig()
 
     @model_validator(mode="after")
     def _one_policy(self) -> SplitConfig:
@@ -187,14 +212,14 @@ class EvaluateConfig(StrictModel):
 class AuditConfig(StrictModel):
     """The audit stage: exact and near-duplicate images within and across splits.
 
-    ``hash: phash`` reuses the manifest's 64-bit perceptual hashes (of the image and of its mirror), the ones
-    the split stage groups by; ``dhash`` and ``average_hash`` recompute another 64-bit hash from the archive
-    for a second, independent opinion. A pair of images is a near-duplicate when either image's hash, or its
-    mirror's, is within ``near_duplicate_threshold`` bits of the other's.
+    The same rule as the split's (``near_duplicate``, same defaults): ``hash: phash`` takes its candidates from
+    the manifest's 64-bit perceptual hashes (of the image and of its mirror), the ones the split stage uses;
+    ``dhash`` and ``average_hash`` recompute another 64-bit hash from the archive for a second, independent set
+    of candidates. Candidates are confirmed by the same pixel-level measure.
     """
 
     hash: Literal["phash", "dhash", "average_hash"] = "phash"
-    near_duplicate_threshold: Annotated[int, Field(ge=0, le=64)] = 10
+    near_duplicate: NearDuplicateRuleConfig = NearDuplicateRuleConfig()
     max_cross_split_pairs: NonNegativeInt = 0
     thumbnails: NonNegativeInt = 24
     max_listed_pairs: PositiveInt = 10_000

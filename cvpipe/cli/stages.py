@@ -77,16 +77,19 @@ def ingest(
 def split(
     manifest: Annotated[Path, typer.Option(help="The manifest.")] = layout.MANIFEST,
     out: Annotated[Path, typer.Option(help="Output folder (split table + report).")] = layout.SPLITS_DIR,
+    archive: Annotated[Path, typer.Option(help="The raw archive (near-duplicate candidates' pixels).")] = (
+        layout.ARCHIVE
+    ),
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Split stage: stratified, seeded train/val/test split with near-duplicates kept together."""
     from cvpipe.stages import split as stage
 
     cfg = read_params(params)
-    paths = stage.SplitPaths(manifest=manifest, out=out)
+    paths = stage.SplitPaths(manifest=manifest, out=out, archive=archive)
     outputs = [paths.splits, paths.report]
     with track_stage(
-        "split", inputs=[manifest], outputs=outputs, params_file=params, sections=["data", "split"]
+        "split", inputs=[archive, manifest], outputs=outputs, params_file=params, sections=["data", "split"]
     ) as run:
         run.summary = stage.run(cfg, paths)
 
@@ -233,7 +236,8 @@ def audit(
         typer.echo(json.dumps(dataclasses.asdict(summary), indent=2, sort_keys=True))
         return
     typer.echo(
-        f"audit ({summary.method}, {summary.threshold} bits): {summary.exact_duplicate_groups} exact-"
+        f"audit ({summary.method}, {summary.threshold} bits, NCC >= {summary.rule.get('threshold')}): "
+        f"{summary.exact_duplicate_groups} exact-"
         f"duplicate group(s), {summary.near_duplicate_pairs} near-duplicate pair(s): "
         f"{summary.within_split_pairs} within a split, {summary.cross_split_pairs} across splits, "
         f"{summary.one_unused_pairs + summary.unused_pairs} with an unused image; passed"

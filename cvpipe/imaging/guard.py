@@ -28,7 +28,8 @@ class GroupGuard:
     """Bounds on near-duplicate groups (``split.near_duplicate.max_class_fraction`` / ``max_group_size``).
 
     Attributes:
-        max_class_fraction: at most this fraction of a class's images may be in near-duplicate groups.
+        max_class_fraction: at most this fraction of a class's images may be in near-duplicate groups (judged
+            once the class has more grouped images than ``max_group_size``).
         max_group_size: no near-duplicate group may hold more images than this.
         param_prefix: where the bounds live in params.yaml, for the message.
     """
@@ -72,7 +73,10 @@ def group_problem(groups: Sequence[Hashable], labels: Sequence[str], guard: Grou
     # The class with the largest share in groups; max keeps the first of equals, so ties go to the first label.
     shares = [(grouped[label] / class_sizes[label], label) for label in sorted(class_sizes)]
     share, label = max(shares, key=lambda item: item[0]) if shares else (0.0, "")
-    if share > guard.max_class_fraction:
+    # A fraction of a small class is a handful of images: a few copies among 60 images is data, not a rule
+    # chaining look-alikes, so the fraction counts only once the class holds more grouped images than one
+    # group may (a rule failing on real data groups hundreds).
+    if share > guard.max_class_fraction and grouped[label] > guard.max_group_size:
         problems.append(
             f"groups hold {grouped[label]:,} of {class_sizes[label]:,} images of class '{label}' ({share:.1%}, more "
             f"than {guard.param_prefix}.max_class_fraction={guard.max_class_fraction:g})"

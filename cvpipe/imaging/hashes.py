@@ -1,13 +1,16 @@
 """The near-duplicate rule: perceptual hashes of an image and of its mirror, close pairs, and groups.
 
 One implementation for every stage that asks "are these two images the same photo?": ingest computes the
-hashes (:func:`decode_for_hash`, :func:`hash_pair`), the split keeps the groups of close images together
-and the audit lists the close pairs (:func:`candidate_pairs`, :func:`connected_groups`), so the split and
-the audit agree on what is close by construction.
+hashes (:func:`decode_for_hash`, :func:`hash_pair`); the split and the audit take candidate pairs from them
+(:func:`candidate_pairs`), confirm them the same way (:func:`cvpipe.imaging.confirm.confirm_candidates`), and
+the split joins the confirmed pairs into groups (:func:`connected_groups`), so the split and the audit agree
+on what is a near-duplicate by construction.
 
 The steps are ``candidates -> confirmed pairs -> groups``: :func:`candidate_pairs` finds every pair within
-the hash threshold; a confirmation step (a pixel-level check, say) keeps a subset of them with
-:meth:`HashPairs.take`; :func:`connected_groups` joins what is left into groups.
+the hash threshold; the pixel-level confirmation (:mod:`cvpipe.imaging.confirm`) keeps a subset of them with
+:meth:`HashPairs.take`; :func:`connected_groups` joins only the confirmed pairs into groups. A hash distance
+is a candidate, never a verdict: on real datasets of similar-looking images thousands of distinct pairs sit
+within 10 bits, and single linkage over them chained most of a dataset into one group.
 """
 
 from __future__ import annotations
@@ -144,10 +147,29 @@ def close_hash_pairs(
         yield rows + start, cols + start, direct[rows, cols], mirror[rows, cols]
 
 
-def candidate_pairs(hashes: np.ndarray, flipped: np.ndarray, threshold: int) -> HashPairs:
-    """Every pair of images within ``threshold`` bits, directly or through a mirror (:func:`close_hash_pairs`)."""
+class TooManyCandidates(Exception):
+    """More candidate pairs than the limit: confirming them all would take minutes (and their memory)."""
+
+    def __init__(self, found: int, limit: int, scanned: float) -> None:
+        super().__init__(f"{found:,} candidate pairs after {scanned:.0%} of the scan (limit {limit:,})")
+        self.found, self.limit, self.scanned = found, limit, scanned
+
+
+def candidate_pairs(hashes: np.ndarray, flipped: np.ndarray, threshold: int, limit: int | None = None) -> HashPairs:
+    """Every pair of images within ``threshold`` bits, directly or through a mirror (:func:`close_hash_pairs`).
+
+    Raises:
+        TooManyCandidates: more than ``limit`` pairs; the scan stops there, so memory stays bounded.
+    """
     parts: tuple[list[np.ndarray], ...] = ([], [], [], [])
+    found = 0
+    count = len(hashes)
     for block in close_hash_pairs(hashes, flipped, threshold):
+        found += len(block[0])
+        if limit is not None and found > limit:
+            # Rows scanned so far: the upper triangle shrinks, so this is a fraction of the rows, not the work.
+            done = int(block[0].max()) + 1 if len(block[0]) else 0
+            raise TooManyCandidates(found, limit, done / max(count, 1))
         for column, values in zip(parts, block, strict=True):
             column.append(values)
     dtypes = (np.int64, np.int64, np.uint8, np.uint8)

@@ -109,6 +109,8 @@ class SplitPolicyDatasetFacet(DatasetFacet):
     fractions: dict[str, float] | None = None
     nearDuplicateThreshold: int | None = None
     hash: str | None = None
+    # The near-duplicate rule as the split report records it (hash bits, measure, threshold, guard bounds).
+    nearDuplicateRule: dict[str, Any] | None = None
 
     @staticmethod
     def _get_schema() -> str:
@@ -126,6 +128,7 @@ class NearDuplicatesDatasetFacet(DatasetFacet):
     pairsWithinSplit: int | None = None
     pairsCrossSplit: int | None = None
     labelConflicts: int | None = None
+    rule: dict[str, Any] | None = None
 
     @staticmethod
     def _get_schema() -> str:
@@ -284,18 +287,21 @@ def _split_facets(run: StageRun) -> dict[str, dict[str, DatasetFacet]]:
         return {}
     report = _read_json(run.root / report_path)
     policy = report.get("policy") or {}
+    rule = policy.get("near_duplicate") or {}
     builders = {
         "cvpipe_classCounts": lambda: ClassCountsDatasetFacet(counts=report.get("counts") or {}),
         "cvpipe_splitPolicy": lambda: SplitPolicyDatasetFacet(
             seed=policy.get("seed"),
             perClass=policy.get("per_class"),
             fractions=policy.get("fractions"),
-            nearDuplicateThreshold=policy.get("near_duplicate_threshold"),
-            hash=policy.get("hash"),
+            nearDuplicateThreshold=rule.get("hash_bits"),
+            hash=rule.get("hash"),
+            nearDuplicateRule=rule or None,
         ),
         "cvpipe_nearDuplicates": lambda: NearDuplicatesDatasetFacet(
-            method=str(policy.get("hash") or "phash"),
-            threshold=int(policy.get("near_duplicate_threshold") or 0),
+            method=str(rule.get("hash") or "phash"),
+            threshold=int(rule.get("hash_bits") or 0),
+            rule=rule or None,
             exactDuplicateGroups=len(report.get("exact_duplicates") or []),
             nearDuplicateGroups=len(report.get("near_duplicate_groups") or []),
             labelConflicts=len(report.get("label_conflicts") or []),

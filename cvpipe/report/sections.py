@@ -335,12 +335,27 @@ def _split_summary(split_report: Path) -> str:
         ("near-duplicate groups (kept in one split)", len(report.get("near_duplicate_groups") or [])),
         ("label conflicts left out", len(report.get("label_conflicts") or [])),
         ("seed", policy.get("seed")),
-        ("near-duplicate threshold (bits)", policy.get("near_duplicate_threshold")),
+    ]
+    rule = policy.get("near_duplicate") or {}
+    near = report.get("near_duplicates") or {}
+    if rule:
+        facts += [
+            (
+                "near-duplicate rule",
+                f"phash within {rule.get('hash_bits')} bits, then NCC >= {rule.get('threshold')} of "
+                f"{rule.get('thumbnail')} px grey thumbnails (shift {rule.get('max_shift')} px, mirror)",
+            ),
+            ("candidate pairs / confirmed", f"{near.get('candidates', 0):,} / {near.get('confirmed', 0):,}"),
+        ]
+    largest = [
+        [td(group.get("size")), td(", ".join(group.get("labels") or [])), td(", ".join(group.get("members")[:8]))]
+        for group in near.get("largest_groups") or []
     ]
     return (
         "<h3>Split</h3>"
         + table(["split", *labels], rows, "split")
         + table(["", ""], [[f"<th>{esc(k)}</th>", td(v)] for k, v in facts], "facts")
+        + (table(["largest groups", "labels", "members"], largest, "groups") if largest else "")
     )
 
 

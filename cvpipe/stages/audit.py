@@ -5,11 +5,13 @@ outside, the way a reviewer would, and measures what a model could have memorise
 
 * **Exact duplicates**: archive members with the same sha256 (the split keeps one copy), and any sha256
   that appears in two splits (must be none).
-* **Near-duplicates**: every pair of distinct usable images whose 64-bit perceptual hashes, of the images
-  or of one image's mirror, differ by at most ``audit.near_duplicate_threshold`` bits. ``audit.hash:
-  phash`` reads the manifest's hashes; ``dhash`` or ``average_hash`` recompute another hash from the archive
-  for an independent opinion. Each pair is classed by where its two images went: ``cross_split`` (a leak),
-  ``within_split``, ``one_unused`` or ``unused``; pairs whose labels differ are flagged too.
+* **Near-duplicates**: the split's rule (:mod:`cvpipe.imaging.confirm`), with its own params
+  ``audit.near_duplicate.*`` (same defaults): pairs of distinct usable images whose 64-bit perceptual hashes,
+  of the images or of one image's mirror, differ by at most ``hash_bits`` bits are candidates, confirmed when
+  their grey thumbnails correlate. ``audit.hash: phash`` reads the manifest's hashes; ``dhash`` or
+  ``average_hash`` recompute another hash from the archive for independent candidates. Each confirmed pair is
+  classed by where its two images went: ``cross_split`` (a leak), ``within_split``, ``one_unused`` or
+  ``unused``; pairs whose labels differ are flagged too.
 
 Outputs (atomic): ``report.json`` (method, threshold, counts, the pairs), ``metrics.json`` (the counts,
 for ``dvc metrics show``) and ``thumbnails/`` (side-by-side thumbnails of the first suspect pairs, with an
@@ -23,7 +25,7 @@ import io
 import logging
 import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,16 @@ from PIL import Image
 from cvpipe import layout
 from cvpipe.config import SPLITS, Params
 from cvpipe.errors import DataError
-from cvpipe.imaging.hashes import HashMethod, HashPairs, candidate_pairs, describe, hash_bytes, hex_to_uint64
+from cvpipe.imaging.confirm import Confirmation, confirm_candidates, rule_from
+from cvpipe.imaging.hashes import (
+    HashMethod,
+    HashPairs,
+    TooManyCandidates,
+    candidate_pairs,
+    describe,
+    hash_bytes,
+    hex_to_uint64,
+)
 from cvpipe.io import write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -68,6 +79,8 @@ class AuditSummary:
     cross_split_pairs_by_splits: dict[str, int]
     max_cross_split_pairs: int
     passed: bool
+    candidate_pairs: int = 0
+    rule: dict[str, Any] = field(default_factory=dict)
 
 
 # What ``metrics.json`` holds (for ``dvc metrics show``), of :class:`AuditSummary`.
@@ -127,9 +140,9 @@ def close_pairs(hashes: np.ndarray, flipped: np.ndarray, threshold: int) -> pd.D
     return pair_table(candidate_pairs(hashes, flipped, threshold))
 
 
-def pair_table(pairs: HashPairs) -> pd.DataFrame:
-    """``pairs`` as a frame: columns ``i``, ``j``, ``distance`` (int64) and ``mirrored``."""
-    return pd.DataFrame(
+def pair_table(pairs: HashPairs, scores: np.ndarray | None = None) -> pd.DataFrame:
+    """``pairs`` as a frame: columns ``i``, ``j``, ``distance`` (int64) and ``mirrored`` (+ ``score``, if given)."""
+    table = pd.DataFrame(
         {
             "i": pairs.i.astype(np.int64),
             "j": pairs.j.astype(np.int64),
@@ -137,6 +150,28 @@ def pair_table(pairs: HashPairs) -> pd.DataFrame:
             "mirrored": pairs.mirrored.astype(bool),
         }
     )
+    if scores is not None:
+        table["score"] = np.round(scores.astype(np.float64), 4)
+    return table
+
+
+def confirmed_pairs(images: pd.DataFrame, hashes: np.ndarray, flipped: np.ndarray, params: Params, archive: Path):
+    """Hash candidates confirmed on their pixels, by the split's rule with ``audit.near_duplicate.*``.
+
+    Raises:
+        DataError: more candidates than ``audit.near_duplicate.max_candidates``.
+    """
+    rule = params.audit.near_duplicate
+    try:
+        candidates = candidate_pairs(hashes, flipped, rule.hash_bits, rule.max_candidates)
+    except TooManyCandidates as error:
+        raise DataError(
+            f"audit: over {error.found:,} near-duplicate candidate pairs within audit.near_duplicate.hash_bits="
+            f"{rule.hash_bits} among {len(images):,} images (more than audit.near_duplicate.max_candidates="
+            f"{rule.max_candidates:,}): lower audit.near_duplicate.hash_bits, or raise "
+            "audit.near_duplicate.max_candidates"
+        ) from None
+    return confirm_candidates(candidates, images["member"].tolist(), archive, rule_from(rule))
 
 
 def unique_images(manifest: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
@@ -211,6 +246,8 @@ def describe_pairs(images: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
             "mirrored": pairs["mirrored"].to_numpy(),
         }
     )
+    if "score" in pairs:
+        table["score"] = pairs["score"].to_numpy()
     table["kind"] = [classify(x, y) for x, y in zip(table["a_split"], table["b_split"], strict=True)]
     table["label_conflict"] = table["a_label"] != table["b_label"]
     table["order"] = table["kind"].map({kind: rank for rank, kind in enumerate(KINDS)})
@@ -275,7 +312,9 @@ def run(
     splits = pd.read_parquet(paths.splits, columns=["split", "row", "member", "sha256", "label"])
     images = unique_images(manifest, splits)
     hashes, flipped = image_hashes(images, paths.archive, cfg.hash)
-    table = describe_pairs(images, close_pairs(hashes, flipped, cfg.near_duplicate_threshold))
+    confirmation: Confirmation = confirmed_pairs(images, hashes, flipped, params, paths.archive)
+    table = describe_pairs(images, pair_table(confirmation.pairs, confirmation.confirmed_scores))
+    rule = {**rule_from(cfg.near_duplicate).as_record(), "hash": describe(cfg.hash)}
     duplicates = exact_duplicates(manifest, splits)
     split_count = splits.groupby("sha256")["split"].nunique()
     exact_cross = sorted(split_count[split_count > 1].index)
@@ -286,7 +325,7 @@ def run(
     summary = AuditSummary(
         method=describe(cfg.hash),
         hash=cfg.hash,
-        threshold=cfg.near_duplicate_threshold,
+        threshold=cfg.near_duplicate.hash_bits,
         images=len(images),
         images_in_splits=int((images["split"] != UNUSED).sum()),
         exact_duplicate_groups=len(duplicates),
@@ -300,11 +339,15 @@ def run(
         cross_split_pairs_by_splits={str(k): int(v) for k, v in sorted(by_splits.value_counts().items())},
         max_cross_split_pairs=cfg.max_cross_split_pairs,
         passed=bool(cross_split_pairs <= cfg.max_cross_split_pairs and not exact_cross),
+        candidate_pairs=len(confirmation.candidates),
+        rule=rule,
     )
     pairs = table.head(cfg.max_listed_pairs).to_dict(orient="records")
     for pair in pairs:
         pair["distance"], pair["mirrored"] = int(pair["distance"]), bool(pair["mirrored"])
         pair["label_conflict"] = bool(pair["label_conflict"])
+        if "score" in pair:
+            pair["score"] = float(pair["score"])
     write_thumbnails(paths.archive, pairs, paths.thumbnails, cfg.thumbnails)
     report = {
         "summary": asdict(summary),
@@ -317,10 +360,13 @@ def run(
     write_json_atomic(paths.report, report)
     write_json_atomic(paths.metrics, {name: getattr(summary, name) for name in METRIC_FIELDS})
     log.info(
-        "audit (%s, %d bits): %d exact-duplicate groups, %d near-duplicate pairs, %d across splits",
+        "audit (%s, %d bits, NCC >= %g): %d exact-duplicate groups, %d candidates, %d near-duplicate pairs, %d "
+        "across splits",
         cfg.hash,
-        cfg.near_duplicate_threshold,
+        cfg.near_duplicate.hash_bits,
+        cfg.near_duplicate.threshold,
         len(duplicates),
+        len(confirmation.candidates),
         len(table),
         summary.cross_split_pairs,
     )
@@ -328,7 +374,8 @@ def run(
         raise DataError(
             f"audit: {summary.cross_split_pairs} near-duplicate pair(s) across splits (allowed "
             f"{cfg.max_cross_split_pairs}) and {len(exact_cross)} exact duplicate(s) across splits; see "
-            f"{paths.report}; raise split.near_duplicate_threshold to at least "
-            "audit.near_duplicate_threshold so the split keeps such pairs together, or audit.max_cross_split_pairs"
+            f"{paths.report}; give split.near_duplicate the rule of audit.near_duplicate (hash_bits at least as "
+            "high, threshold at most as high) so the split keeps such pairs together, or raise "
+            "audit.max_cross_split_pairs"
         )
     return summary

@@ -115,7 +115,7 @@ def test_identical_bytes_under_two_labels_are_left_out_and_reported(tmp_path: Pa
     archive = write_zip(tmp_path / "a.zip", members)
     params = Params(ingest=IngestConfig(workers=1), split=SplitConfig(per_class=SplitCounts(train=4, val=2, test=2)))
     ingest_module.run(params, IngestPaths(archive, tmp_path / "m"))
-    split_module.run(params, SplitPaths(tmp_path / "m/images.parquet", tmp_path / "s"))
+    split_module.run(params, SplitPaths(tmp_path / "m/images.parquet", tmp_path / "s", archive))
     report = json.loads((tmp_path / "s/report.json").read_text())
     assert ["train/cat.90.jpg", "train/dog.90.jpg"] in report["label_conflicts"]
     table = pd.read_parquet(tmp_path / "s/splits.parquet")

@@ -34,8 +34,17 @@ def test_a_giant_group_is_named_and_the_prefix_is_configurable() -> None:
     assert "class" not in message.split(";")[0].split(":")[1]
 
 
+def test_a_few_copies_in_a_small_class_pass_whatever_their_share() -> None:
+    groups = ["a", "a", "b", "b", "c", "c"] + [f"single{i}" for i in range(54)]
+    labels = ["cat"] * 30 + ["dog"] * 30
+    assert group_problem(groups, labels) is None  # 6 of 30 cats (20%) but fewer than max_group_size images
+    message = group_problem(groups, labels, GroupGuard(max_group_size=5))
+    assert message is not None and "groups hold 6 of 30 images of class 'cat'" in message
+
+
 def test_ties_name_the_first_class_and_bad_input_is_refused() -> None:
-    message = group_problem(["a", "a", "b", "b"], ["y", "y", "x", "x"])
+    guard = GroupGuard(max_group_size=2)
+    message = group_problem(["a", "a", "b", "b", "c", "d", "d", "e", "e", "f"], ["y"] * 5 + ["x"] * 5, guard)
     assert message is not None and "class 'x'" in message
     with pytest.raises(ValueError, match="labels"):
         group_problem(["a"], [])

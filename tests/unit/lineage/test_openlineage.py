@@ -73,7 +73,10 @@ def test_events_are_typed_and_carry_the_spec_fields(tmp_path: Path, monkeypatch:
     pd.DataFrame({"split": ["train", "test"], "label": ["cat", "dog"]}).to_parquet(
         tmp_path / "data/splits/splits.parquet"
     )
-    report = {"counts": {"train": {"cat": 1}}, "policy": {"seed": 42, "near_duplicate_threshold": 10, "hash": "phash"}}
+    report = {
+        "counts": {"train": {"cat": 1}},
+        "policy": {"seed": 42, "near_duplicate": {"hash_bits": 10, "hash": "phash"}},
+    }
     (tmp_path / "data/splits/report.json").write_text(json.dumps(report))
     run = _run(tmp_path)
     run.input_hashes = {"data/manifest/images.parquet": {"md5": "a" * 32}}
@@ -171,6 +174,9 @@ def test_a_stage_posts_its_events_to_an_http_endpoint(
     url, received = lineage_server
     paths = ingest.IngestPaths(archive=synthetic_archive[0], out=tmp_path / "data/manifest")
     ingest.run(Params(ingest=IngestConfig(workers=1)), paths)
+    # The split reads the pixels of its near-duplicate candidates from the archive.
+    (tmp_path / "data/raw").mkdir(parents=True)
+    (tmp_path / "data/raw/images.zip").write_bytes(synthetic_archive[0].read_bytes())
     (tmp_path / "params.yaml").write_text(
         yaml.safe_dump({"split": {"per_class": {"train": 30, "val": 10, "test": 15}}})
     )
@@ -193,12 +199,14 @@ def test_a_stage_posts_its_events_to_an_http_endpoint(
         assert event["job"] == {**event["job"], "namespace": "cvpipe-test", "name": "split"}
     assert (start["eventType"], complete["eventType"]) == ("START", "COMPLETE")
     assert start["run"]["runId"] == complete["run"]["runId"]
-    assert [d["name"] for d in complete["inputs"]] == [(tmp_path / "data/manifest/images.parquet").as_posix()]
+    inputs = [(tmp_path / path).as_posix() for path in ("data/raw/images.zip", "data/manifest/images.parquet")]
+    assert [d["name"] for d in complete["inputs"]] == inputs
     outputs = {Path(d["name"]).name: d for d in complete["outputs"]}
     assert set(outputs) == {"splits.parquet", "report.json"}
     version = outputs["splits.parquet"]["facets"]["version"]["datasetVersion"]
     assert version == dvc_hash(tmp_path / "data/splits/splits.parquet")["md5"]
     assert outputs["splits.parquet"]["facets"]["cvpipe_nearDuplicates"]["nearDuplicateGroups"] == 4
+    assert outputs["splits.parquet"]["facets"]["cvpipe_splitPolicy"]["nearDuplicateRule"]["measure"] == "ncc"
     record = json.loads((tmp_path / "reports/lineage/split/record.json").read_text())
     assert record["run_id"] == start["run"]["runId"] and record["openlineage"]["transport"] == "http"
     assert not (tmp_path / "reports/lineage/split/events.jsonl").exists()  # the configured transport replaces it

@@ -44,7 +44,9 @@ def staged(tmp_path_factory: pytest.TempPathFactory, synthetic_archive: tuple[Pa
     folder = tmp_path_factory.mktemp("audit")
     ingest_module.run(Params(ingest=IngestConfig(workers=1)), IngestPaths(archive, folder / "manifest"))
     split_cfg = SplitConfig(per_class=SplitCounts(train=30, val=10, test=15))
-    split_module.run(Params(split=split_cfg), SplitPaths(folder / "manifest/images.parquet", folder / "splits"))
+    split_module.run(
+        Params(split=split_cfg), SplitPaths(folder / "manifest/images.parquet", folder / "splits", archive)
+    )
     return {
         "archive": archive,
         "manifest": folder / "manifest/images.parquet",
@@ -67,6 +69,8 @@ def test_every_planted_duplicate_is_found_and_none_crosses_splits(staged: dict) 
     assert summary.cross_split_pairs == 0 and summary.exact_cross_split == 0 and summary.passed
     assert summary.method.startswith("imagehash.phash") and summary.threshold == 10
     assert report["summary"] == dataclasses.asdict(summary)  # the typed summary is the report's, field for key
+    assert summary.rule["measure"] == "ncc" and summary.candidate_pairs >= summary.near_duplicate_pairs
+    assert all(pair["score"] >= summary.rule["threshold"] for pair in report["pairs"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["near_duplicate_pairs"] == len(report["pairs"]) == summary.near_duplicate_pairs
     thumbnails = json.loads((out / "thumbnails/index.json").read_text())

@@ -33,7 +33,7 @@ def splits(synthetic_archive, tmp_path_factory) -> tuple[Path, Path]:
     work = tmp_path_factory.mktemp("decode")
     ingest_module.run(Params(ingest=IngestConfig()), IngestPaths(archive, work / "manifest"))
     split_cfg = SplitConfig(per_class=SplitCounts(train=20, val=8, test=10))
-    split_module.run(Params(split=split_cfg), SplitPaths(work / "manifest/images.parquet", work / "splits"))
+    split_module.run(Params(split=split_cfg), SplitPaths(work / "manifest/images.parquet", work / "splits", archive))
     return archive, work / "splits/splits.parquet"
 
 

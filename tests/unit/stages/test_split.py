@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cvpipe.config import IngestConfig, Params, SplitConfig, SplitCounts, SplitFractions
+from cvpipe.config import IngestConfig, NearDuplicateConfig, Params, SplitConfig, SplitCounts, SplitFractions
 from cvpipe.errors import DataError
+from cvpipe.imaging.confirm import Confirmation
 from cvpipe.stages import ingest as ingest_module
 from cvpipe.stages import split as split_module
 from cvpipe.stages.ingest import IngestPaths
@@ -51,7 +52,19 @@ def manifest_with(count_per_class: int, seed: int = 0) -> pd.DataFrame:
 
 def cfg(train: int = 6, val: int = 2, test: int = 2, seed: int = 1, threshold: int = 10) -> SplitConfig:
     counts = SplitCounts(train=train, val=val, test=test)
-    return SplitConfig(seed=seed, per_class=counts, near_duplicate_threshold=threshold)
+    return SplitConfig(seed=seed, per_class=counts, near_duplicate=NearDuplicateConfig(hash_bits=threshold))
+
+
+@pytest.fixture(autouse=True)
+def confirm_every_candidate(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake manifests have no pixels: their hash candidates are confirmed as they are (real runs read images)."""
+    if "real" in request.node.name:
+        return
+
+    def confirm(candidates, members, archive_path, rule):
+        return Confirmation(candidates, np.ones(len(candidates), np.float32), np.ones(len(candidates), bool), 0)
+
+    monkeypatch.setattr(split_module, "confirm_candidates", confirm)
 
 
 def test_stratified_counts_and_determinism() -> None:
@@ -112,8 +125,8 @@ def test_run_split_on_real_manifest(synthetic_archive, tmp_path: Path) -> None:
     ingest_module.run(Params(ingest=IngestConfig()), IngestPaths(archive, tmp_path / "manifest"))
     manifest_path = tmp_path / "manifest/images.parquet"
     split_cfg = cfg(train=30, val=10, test=15)
-    split_module.run(Params(split=split_cfg), SplitPaths(manifest_path, tmp_path / "a"))
-    split_module.run(Params(split=split_cfg), SplitPaths(manifest_path, tmp_path / "b"))
+    split_module.run(Params(split=split_cfg), SplitPaths(manifest_path, tmp_path / "a", archive))
+    split_module.run(Params(split=split_cfg), SplitPaths(manifest_path, tmp_path / "b", archive))
     assert (tmp_path / "a/splits.parquet").read_bytes() == (tmp_path / "b/splits.parquet").read_bytes()
     report = json.loads((tmp_path / "a/report.json").read_text())
     table = pd.read_parquet(tmp_path / "a/splits.parquet")
@@ -128,3 +141,46 @@ def test_run_split_on_real_manifest(synthetic_archive, tmp_path: Path) -> None:
         assert in_split["split"].nunique() <= 1
     assert report["schema_failures"] == []
     assert manifest.loc[table["member"], "sha256"].tolist() == table["sha256"].tolist()
+
+
+def test_a_candidate_explosion_fails_with_one_line_naming_the_parameter() -> None:
+    manifest = manifest_with(20)
+    manifest["phash"] = "0" * 16  # every pair a candidate: 780
+    limited = cfg().model_copy(update={"near_duplicate": NearDuplicateConfig(max_candidates=100)})
+    with pytest.raises(DataError) as error:
+        make_splits(manifest, limited, CLASSES)
+    message = str(error.value)
+    assert "\n" not in message and "split.near_duplicate.max_candidates=100" in message
+    assert "split.near_duplicate.hash_bits=10" in message and "among 40 images" in message
+
+
+def test_the_guard_stops_the_split_after_writing_its_report(tmp_path: Path) -> None:
+    manifest = manifest_with(40)
+    # 30 cats share one hash: one confirmed group of 30 (mocked confirmation), past max_group_size=25.
+    manifest.loc[:29, "phash"] = manifest.loc[0, "phash"]
+    (tmp_path / "m").mkdir()
+    manifest.to_parquet(tmp_path / "m/images.parquet")
+    paths = SplitPaths(tmp_path / "m/images.parquet", tmp_path / "s", tmp_path / "no-archive.zip")
+    with pytest.raises(DataError) as error:
+        split_module.run(Params(split=cfg()), paths)
+    message = str(error.value)
+    assert "\n" not in message and "the largest group holds 30 images" in message
+    assert (
+        "split.near_duplicate.max_group_size=25" in message and "groups hold 30 of 40 images of class 'cat'" in message
+    )
+    report = json.loads(paths.report.read_text())
+    assert report["error"] in message and report["near_duplicates"]["largest_groups"][0]["size"] == 30
+    assert report["policy"]["near_duplicate"]["threshold"] == 0.993 and not paths.splits.exists()
+
+
+def test_a_class_short_because_of_mixed_label_groups_names_that_cause() -> None:
+    manifest = manifest_with(11)
+    # cat.0 and cat.1 look like dog.0 and dog.1: both groups carry two labels and are left out, 9 cats are left.
+    for n in (0, 1):
+        dog = manifest.loc[manifest["member"] == f"train/dog.{n}.jpg", "phash"].iloc[0]
+        manifest.loc[manifest["member"] == f"train/cat.{n}.jpg", "phash"] = dog
+    with pytest.raises(DataError) as error:
+        make_splits(manifest, cfg(), CLASSES)
+    message = str(error.value)
+    assert "class 'cat' has 9 usable unique images but the split asks for 10" in message
+    assert "2 of its images were left out in near-duplicate groups with another label" in message
