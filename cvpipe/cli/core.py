@@ -12,8 +12,10 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -44,20 +46,77 @@ DEBUG_FLAG = "--debug"
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="The params file.", dir_okay=False)]
 
+# What TensorFlow's C++ side writes to fd 2 while its shared libraries load (twice: two libraries), before absl
+# logging is initialised: TF_CPP_MIN_LOG_LEVEL does not reach these lines (measured with TF 2.21), and
+# TF_ENABLE_ONEDNN_OPTS=0 would change the numerics, so they are dropped at the file descriptor instead.
+_NATIVE_NOISE = re.compile(
+    r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|^[IWE]\d{4} [\d:.]+ +\d+ \S+\] (oneDNN custom operations are on|Could not find cuda drivers"
+    r"|This TensorFlow binary is optimized|failed call to cuInit|Unable to register cu\w+ factory"
+    r"|computation placer already registered|TF-TRT Warning)"
+    r"|^To enable the following instructions: .* in other operations, rebuild TensorFlow"
+    r"|^All log messages before absl::InitializeLog"
+)
+_state = {"debug": False}
+
 
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option(DEBUG_FLAG, help="Show tracebacks and debug logs.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
 ) -> None:
+    _state["debug"] = debug
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("PIL", "urllib3", "h5py", "absl", "openlineage"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    # TensorFlow's C++ start-up lines ("Could not find cuda drivers", "failed call to cuInit" on a CPU
-    # machine) drown the stage's own log; cvpipe logs the device it uses. An explicit setting wins.
+    if not debug:
+        # urllib3's "Retrying (Retry(total=...))" lines: the caller logs one line saying what failed.
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    # TensorFlow's C++ log lines after start-up ("failed call to cuInit" on a CPU machine) drown the stage's
+    # own log; cvpipe logs the device it uses. An explicit setting wins. Must be set before TF loads.
     if not debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@contextlib.contextmanager
+def native_noise_filtered() -> Iterator[None]:
+    """Drop TensorFlow's native start-up lines from fd 2 while the block runs; everything else is kept.
+
+    Python's own stderr writes in the block are captured too and replayed in order afterwards. Off under
+    ``--debug``, where every line matters.
+    """
+    if _state["debug"]:
+        yield
+        return
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            kept = [
+                line
+                for line in sink.read().decode("utf-8", "replace").splitlines(keepends=True)
+                if not _NATIVE_NOISE.search(line)
+            ]
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()
+
+
+def load_keras() -> None:
+    """Import Keras (and its backend, TensorFlow by default) once, without the backend's start-up noise.
+
+    Stage commands call it after their arguments and params are checked, so a usage error never waits for
+    TensorFlow; later ``import keras`` lines are then free and silent.
+    """
+    with native_noise_filtered():
+        import keras  # noqa: F401
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from cvpipe import layout
-from cvpipe.cli.core import ParamsOption, app, progress_bar, read_params
+from cvpipe.cli.core import ParamsOption, app, load_keras, progress_bar, read_params
 from cvpipe.errors import ConfigError
 from cvpipe.lineage import track_stage
 from cvpipe.ml.variants import NAMES as VARIANT_NAMES
@@ -120,9 +120,11 @@ def features(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Features stage: one streaming VGG16 conv-base pass per split over the decoded cache."""
+    cfg = read_params(params)
+    load_keras()  # after the params are checked: a usage error never waits for TensorFlow
+
     from cvpipe.stages import features as stage
 
-    cfg = read_params(params)
     paths = stage.FeaturesPaths(images=images, out=out)
     with (
         track_stage("features", inputs=[images], outputs=[out], params_file=params, sections=["features"]) as run,
@@ -158,8 +160,9 @@ def train(
     if init is not None and not parent:
         raise ConfigError(f"{variant} starts from no trained model: drop --init {init}")
     cfg = read_params(params)
+    load_keras()  # after the checks above
 
-    from cvpipe.stages import train as stage  # imports Keras: after the checks above
+    from cvpipe.stages import train as stage
 
     paths = stage.TrainPaths(inputs=inputs, model=model, out=out, init=init)
     with track_stage(
@@ -188,8 +191,9 @@ def evaluate(
 ) -> None:
     """Evaluate stage: test accuracy, loss, per-class precision/recall/F1, ROC AUC, confusion matrix."""
     cfg = read_params(params)
+    load_keras()  # after the params are checked
 
-    from cvpipe.stages import evaluate as stage  # imports Keras: after the params are checked
+    from cvpipe.stages import evaluate as stage
 
     paths = stage.EvaluatePaths(
         inputs=inputs, model=model, metrics=metrics, plots=plots, predictions=predictions, splits=splits
@@ -256,6 +260,8 @@ def report(
     from cvpipe.stages import report as stage
 
     cfg = read_params(params)
+    if cfg.report.augmented_images:
+        load_keras()  # the augmentation figure runs the models' own Keras layers
     paths = stage.ReportPaths(out=out, root=project_root())
     with track_stage(
         "report",
