@@ -284,15 +284,21 @@ class Params(StrictModel):
     mnist: MnistConfig = MnistConfig()
 
 
-def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
+def _problem(item: Any) -> str:
+    """One validation problem as ``key: what is wrong``."""
+    key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+    message = item["msg"].removeprefix("Value error, ")
+    if item["type"] == "extra_forbidden":
         message = "unknown key (check its spelling against params.yaml's documented keys)"
-    more = len(error.errors()) - 1
-    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return f"{key}: {message}{suffix}"
+    return f"{key}: {message}"
+
+
+def _describe(error: ValidationError) -> str:
+    """Every problem pydantic found: one on the same line, several one a line (none is hidden)."""
+    problems = [_problem(item) for item in error.errors()]
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} problems\n" + "\n".join(f"  {problem}" for problem in problems)
 
 
 def parse_params(raw: Any, origin: str = "params") -> Params:
@@ -303,7 +309,7 @@ def parse_params(raw: Any, origin: str = "params") -> Params:
         origin: a name for the source, used in error messages.
 
     Raises:
-        ConfigError: one line naming the first bad key and what is wrong with it.
+        ConfigError: every bad key and what is wrong with it (one a line when there are several).
     """
     if raw is None:
         raw = {}
@@ -386,6 +392,23 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     path = Path(path)
     raw = _read_yaml(path, "no such params file (run from the project root or pass --params)")
     return parse_params(raw, origin=str(path))
+
+
+def missing_files(params: Params, root: Path | str = ".") -> list[str]:
+    """The files params name that do not exist, one line each (``cvpipe check``; stages fail on them later).
+
+    Args:
+        params: validated params.
+        root: the project root relative paths are read from.
+    """
+    root = Path(root)
+    problems = []
+    if params.data.source == "local" and params.data.path is not None and not (root / params.data.path).exists():
+        problems.append(f"data.path: {params.data.path} does not exist (data.source is local)")
+    weights = params.features.weights
+    if weights not in ("imagenet", "none") and not (root / weights).is_file():
+        problems.append(f"features.weights: {weights} is not a file (or use imagenet, or none for random weights)")
+    return problems
 
 
 def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:

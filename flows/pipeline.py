@@ -34,6 +34,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from cvpipe import layout
+from cvpipe.config import load_params, missing_files
+from cvpipe.errors import ConfigError, CvpipeError
 from cvpipe.io import write_json_atomic
 from cvpipe.pipeline.graph import select_stages, stage_graph, topological_order
 from cvpipe.pipeline.lock import ProjectBusyError, project_run_lock, refuse_if_dvc_is_busy, run_holder
@@ -118,6 +120,17 @@ def publish_artifacts(project_dir: Path, report: RunReport, run: Mapping[str, An
     return keys
 
 
+def check_files(project: Path) -> None:
+    """Fail before any stage runs when ``params.yaml`` names a file that does not exist.
+
+    Raises:
+        ConfigError: one problem a line.
+    """
+    problems = missing_files(load_params(project / PARAMS_YAML), project)
+    if problems:
+        raise ConfigError(f"{PARAMS_YAML}: " + "; ".join(problems))
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -176,7 +189,14 @@ def cvpipe_pipeline(
             # An expected refusal, not a bug: one line in the log and the state, no traceback.
             logger.error("%s", busy)
             return Failed(message=str(busy))
-        changed = apply_params_file(project, params_file)
+        try:
+            # The whole file, not only the keys a stale stage lists: `dvc repro` would pass a typo'd key silently.
+            changed = apply_params_file(project, params_file)
+            check_files(project)
+        except CvpipeError as error:
+            # The user's to fix: one line in the log and the state, no traceback.
+            logger.error("%s", error)
+            return Failed(message=str(error))
         if changed:
             logger.warning("params from %s written into %s: %s", params_file, PARAMS_YAML, ", ".join(changed))
         graph = select_stages(stage_graph(project), targets)

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from cvpipe.cli.core import app
-from cvpipe.errors import CvpipeError
+from cvpipe.errors import ConfigError, CvpipeError
 
 flow_app = typer.Typer(
     help="The pipeline as a Prefect flow: one task run per DVC stage, once or on a schedule.", no_args_is_help=True
@@ -91,6 +91,26 @@ def flow_parameters(
     }
 
 
+def check_params(project_dir: Path, params_file: str) -> None:
+    """Validate the whole of ``params.yaml`` (with ``params_file`` merged over it) and the files it names.
+
+    Raises:
+        ConfigError: every problem, one a line.
+    """
+    from cvpipe.config import deep_merge, missing_files, parse_params, read_overlay
+
+    project = Path(project_dir)
+    target = project / "params.yaml"
+    merged = read_overlay(target)
+    origin = str(target)
+    if (project / params_file).resolve() != target.resolve():
+        merged = deep_merge(merged, read_overlay(project / params_file))
+        origin = f"{params_file} merged over {target}"
+    problems = missing_files(parse_params(merged, origin=origin), project)
+    if problems:
+        raise ConfigError(f"{origin}: " + "; ".join(problems))
+
+
 @flow_app.command("run")
 def run(
     project_dir: ProjectOption = Path("."),
@@ -102,6 +122,7 @@ def run(
 ) -> None:
     """Run the flow once (Prefect starts a temporary server); exit 1 unless every stage succeeded."""
     parameters = flow_parameters(project_dir, target, force, params_file, max_parallel, gpu_slots)
+    check_params(project_dir, params_file)  # before Prefect starts a server: a typo is one line, exit 2
     apply_prefect_env(project_dir)
     from flows.pipeline import cvpipe_pipeline
 

@@ -26,10 +26,22 @@ log = logging.getLogger(__name__)
 
 @app.command()
 def check(params: ParamsOption = Path("params.yaml")) -> None:
-    """Validate the params file and print the effective configuration."""
+    """Validate the whole params file (every key, and the files it names) and print the effective configuration.
+
+    ``dvc repro`` only reruns stages whose listed keys changed, so a typo in a key no stage lists passes it
+    silently: this is the check that sees it.
+    """
     import yaml
 
-    typer.echo(yaml.safe_dump(read_params(params).model_dump(mode="json"), sort_keys=False).rstrip())
+    from cvpipe.config import missing_files
+
+    cfg = read_params(params)
+    if problems := missing_files(cfg, params.parent):
+        raise ConfigError(
+            f"{params}: "
+            + (problems[0] if len(problems) == 1 else "\n  ".join([f"{len(problems)} problems", *problems]))
+        )
+    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip())
 
 
 @app.command()

@@ -35,6 +35,7 @@ def prefect_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name, value in prefect_env_defaults(tmp_path, {}).items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    (tmp_path / "params.yaml").write_text("split:\n  seed: 1\n", encoding="utf-8")
     return tmp_path
 
 
@@ -69,6 +70,21 @@ def test_run_maps_options_to_the_flow_and_exits_1_unless_it_completed(
     }
     assert main(argv) == 1
     assert "error: flow run ended Failed: 1 stage(s) failed: prep (exit 1)" in capsys.readouterr().err
+
+
+def test_run_checks_the_whole_params_file_before_prefect_starts(
+    prefect_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("flows.pipeline.cvpipe_pipeline", lambda **_: pytest.fail("the flow must not start"))
+    # A typo in a key no stage lists (dvc repro would pass it), and a file params name that is not there.
+    (prefect_env / "params.yaml").write_text("ingest:\n  wokers: 2\ntrain:\n  scratch:\n    epoch: 3\n")
+    assert main(["flow", "run", "--project-dir", str(prefect_env)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "ingest.wokers: unknown key" in err and "train.scratch.epoch: unknown" in err
+    assert "Traceback" not in err
+    (prefect_env / "params.yaml").write_text("features:\n  weights: nosuch.h5\n")
+    assert main(["flow", "run", "--project-dir", str(prefect_env)]) == 2
+    assert "features.weights: nosuch.h5 is not a file" in capsys.readouterr().err
 
 
 def test_serve_without_a_server_or_with_two_schedules_says_what_to_do(
