@@ -46,6 +46,9 @@ LINEAGE_DIR = Path("reports/lineage")
 REPORT_HTML = Path("reports/index.html")
 # Where stage commands run outside the pipeline (other paths than dvc.yaml's) send their events by default.
 ADHOC_EVENTS = Path("reports/openlineage.jsonl")
+# Where a pipeline stage run by hand (`cvpipe audit`, not under DVC) records its lineage once dvc.lock versions
+# the stage's own lineage folder: overwriting that would make the stage look changed to `dvc status`.
+BY_HAND_LINEAGE_DIR = Path("reports/lineage-by-hand")
 
 ARCHIVE = RAW_DIR / ARCHIVE_NAME
 SOURCE = RAW_DIR / SOURCE_NAME

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,14 +90,24 @@ def link(root: Path, entry: Mapping[str, Any], upstream: Mapping[str, Any] | Non
     produced = _output(upstream, path)
     if produced is not None:
         return "ok" if produced.get("md5") == entry["md5"] else "broken"
-    for out in upstream.get("outputs") or []:
+    inside = _folder_member_md5(root, upstream.get("outputs") or [], path)
+    if inside is None:
+        return "unknown"
+    return "ok" if inside == entry["md5"] else "broken"
+
+
+def _folder_member_md5(root: Path, outputs: Iterable[Mapping[str, Any]], path: str) -> str | None:
+    """The md5 of ``path`` inside one of ``outputs``' folders, from the folder's ``.dir`` listing in DVC's cache.
+
+    '' when the folder's listing lacks the file, None when no folder holds it or the listing is not cached.
+    """
+    for out in outputs:
         prefix = f"{out.get('path')}/"
-        if path.startswith(prefix) and str(out.get("md5", "")).endswith(".dir"):
-            listing = _dir_listing(root, out["md5"])
-            if listing is None:
-                return "unknown"
-            return "ok" if listing.get(path.removeprefix(prefix)) == entry["md5"] else "broken"
-    return "unknown"
+        md5 = str(out.get("md5", ""))
+        if path.startswith(prefix) and md5.endswith(".dir"):
+            listing = _dir_listing(root, md5)
+            return None if listing is None else listing.get(path.removeprefix(prefix), "")
+    return None
 
 
 def chain(root: Path, stage: str, records: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -193,16 +203,19 @@ def model_lineage(root: Path, artifact: Path | str) -> dict[str, Any]:
         upstream = records.get(step["stage"])
         if upstream is not None:
             by_command.setdefault(str(upstream.get("command")), upstream)
-    output = _output(record, path) or {}
+    # A file inside a folder output (data/cache/images/test.npy) is in the folder's .dir listing, not its own.
+    recorded = (_output(record, path) or {}).get("md5") or _folder_member_md5(root, record.get("outputs") or [], path)
     current = _current_hash(root / path)
-    locked = produced.get(path, {})
+    locked = produced.get(path, {}).get("md5") or _folder_member_md5(
+        root, [{"path": out, **info} for out, info in produced.items()], path
+    )
     features = by_command.get("features")
     return {
         "artifact": path,
         "stage": stage,
-        "md5": output.get("md5"),
-        "matches_file": current is not None and current == output.get("md5"),
-        "matches_dvc_lock": bool(locked) and locked.get("md5") == output.get("md5"),
+        "md5": recorded or None,
+        "matches_file": bool(recorded) and current == recorded,
+        "matches_dvc_lock": bool(recorded) and locked == recorded,
         "run": _run(record),
         "source": _source(by_command.get("download")),
         "manifest": {**_table(by_command.get("ingest"), ".parquet"), **_manifest_counts(by_command.get("ingest"))},

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from cvpipe.io import write_json_atomic
-from cvpipe.layout import ADHOC_EVENTS, EVENTS_NAME, RECORD_NAME, lineage_dir
+from cvpipe.layout import ADHOC_EVENTS, BY_HAND_LINEAGE_DIR, EVENTS_NAME, RECORD_NAME, lineage_dir
 from cvpipe.lineage.dvcfile import dvc_hash, lock_outputs, param_values, producing_stage, read_lock, stage_spec
 from cvpipe.lineage.secrets import redact
 
@@ -331,7 +331,7 @@ def begin_stage(
         outputs=data_outputs,
         code=code,
         params=param_values(params_file, keys),
-        record_dir=root / folder if in_pipeline else None,
+        record_dir=_record_dir(root, folder, name, environ) if in_pipeline else None,
         run_id=_new_run_id(),
         git=git_info(root),
         who=orchestrator(environ),
@@ -345,6 +345,17 @@ def begin_stage(
     if in_pipeline:
         run.input_hashes = _hash_inputs(root, data_inputs, trust_lock="DVC_STAGE" in environ)
     return run
+
+
+def _record_dir(root: Path, folder: str, stage: str, environ: Mapping[str, str]) -> Path:
+    """The stage's lineage folder, or :data:`~cvpipe.layout.BY_HAND_LINEAGE_DIR` for a run by hand over a versioned one.
+
+    Run by hand (no ``$DVC_STAGE``), a stage whose lineage folder ``dvc.lock`` already versions would make
+    ``dvc status`` report it (and the report) changed, and the next ``dvc repro`` silently put DVC's copy back.
+    """
+    if "DVC_STAGE" not in environ and folder in lock_outputs(read_lock(root)):
+        return root / BY_HAND_LINEAGE_DIR / stage
+    return root / folder
 
 
 def _new_run_id() -> str:
