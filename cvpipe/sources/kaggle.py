@@ -41,6 +41,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import stat
 import sys
 import time
@@ -112,6 +113,7 @@ def fetch_kaggle(
     api_host = _host_of(endpoint) if endpoint else DEFAULT_API_HOST
     staging_dir = Path(staging_dir)
     staging_dir.mkdir(parents=True, exist_ok=True)
+    _require_resolvable(api_host)
     log.info("downloading Kaggle competition %s from %s into %s", competition, api_host, staging_dir)
     with _client_output_to_log(), _api_endpoint(endpoint):
         api = _authenticated_api(config_dir)
@@ -172,9 +174,37 @@ def _require_credentials(config_dir: Path) -> None:
         raise SourceError(
             "no Kaggle credentials found: set KAGGLE_USERNAME and KAGGLE_KEY, or save the kaggle.json from "
             f"https://www.kaggle.com/settings/api as ~/.kaggle/kaggle.json or $KAGGLE_CONFIG_DIR/kaggle.json "
-            f"(looked for {key_file}), or set KAGGLE_API_TOKEN"
+            f"(looked for {_looked_for(key_file)}), or set KAGGLE_API_TOKEN"
         )
     log.debug("Kaggle credentials from %s", source)
+
+
+def _looked_for(key_file: Path) -> str:
+    """Where kaggle.json was looked for: the client reads ~/.config/kaggle/ on Linux while ~/.kaggle/ is absent."""
+    legacy = Path.home() / ".kaggle" / "kaggle.json"
+    return str(key_file) if key_file == legacy else f"{legacy} and {key_file}"
+
+
+def _require_resolvable(api_host: str) -> None:
+    """Fail at once, with one line, when the API's host name does not resolve (offline, or a typo'd endpoint).
+
+    The client would retry a DNS failure for about a minute, and the stage's retries multiply that; a rate
+    limit, a 5xx or a dropped connection are still retried. Skipped when a proxy resolves names for us.
+    """
+    import urllib.request
+
+    host, _, port = api_host.partition(":")
+    if urllib.request.getproxies() and not urllib.request.proxy_bypass(host):
+        return
+    try:
+        socket.getaddrinfo(host, int(port) if port else 443)
+    except socket.gaierror as error:
+        raise SourceError(
+            f"cannot reach Kaggle: the name {host} does not resolve ({error.strerror or error}); check the network "
+            f"connection (or {ENDPOINT_ENV}), or use data.source: local with the downloaded archive"
+        ) from None
+    except (OSError, ValueError):
+        return  # not a name problem: the download's own retries handle it
 
 
 def _credential_source(key_file: Path) -> str | None:
@@ -289,6 +319,9 @@ def _authenticated_api(config_dir: Path) -> Any:
     return api
 
 
+_CLIENT_PERMISSIONS_WARNING = "Kaggle API key is readable by other users"
+
+
 class _LogWriter(io.TextIOBase):
     """A text stream that logs each line written to it: the client prints where a library should log."""
 
@@ -312,7 +345,9 @@ class _LogWriter(io.TextIOBase):
         self._pending = ""
 
     def _emit(self, line: str) -> None:
-        if line.strip():
+        # The client prints its own kaggle.json permissions warning at import and again at authentication;
+        # _warn_if_exposed said it once already.
+        if line.strip() and _CLIENT_PERMISSIONS_WARNING not in line:
             log.log(self._level, "kaggle client: %s", line.rstrip())
 
 
