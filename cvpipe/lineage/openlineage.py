@@ -48,6 +48,8 @@ from openlineage.client.facet_v2 import (
 )
 
 from cvpipe.lineage.secrets import redact, secret_values
+from cvpipe.lineage.transport import keep_event, make_client
+from cvpipe.lineage.transport import user_configured as user_configured
 
 if TYPE_CHECKING:
     from openlineage.client import OpenLineageClient
@@ -64,7 +66,6 @@ PRODUCER = "https://github.com/cvpipe/cvpipe"
 # The JSON Schema of the custom facets below, published with the repository (docs/openlineage/).
 FACETS_SCHEMA_URL = "https://github.com/cvpipe/cvpipe/blob/main/docs/openlineage/cvpipe-facets.json"
 PARENT_JOB = "cvpipe"  # the Prefect flow's name (flows.pipeline.FLOW_NAME)
-_CONFIG_ENV_PREFIXES = ("OPENLINEAGE__", "OPENLINEAGE_URL", "OPENLINEAGE_CONFIG")
 _CLOSE_TIMEOUT_S = 5.0
 
 
@@ -164,29 +165,6 @@ class StageRunFacet(RunFacet):
     @staticmethod
     def _get_schema() -> str:
         return _schema("StageRunFacet")
-
-
-# -- the client -----------------------------------------------------------------------------------------------
-
-
-def user_configured(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> bool:
-    """Whether the user configured OpenLineage the standard way (then the client's own resolution applies)."""
-    environ = os.environ if environ is None else environ
-    if any(name.startswith(_CONFIG_ENV_PREFIXES) for name in environ):
-        return True
-    cwd = Path.cwd() if cwd is None else cwd
-    home = Path(environ.get("HOME") or Path.home())
-    return (cwd / "openlineage.yml").is_file() or (home / ".openlineage" / "openlineage.yml").is_file()
-
-
-def make_client(default_file: Path) -> OpenLineageClient:
-    """An OpenLineage client: the user's configuration if any, else append to ``default_file`` (JSON lines)."""
-    from openlineage.client import OpenLineageClient
-
-    if os.environ.get("OPENLINEAGE_DISABLED", "").strip().lower() == "true" or user_configured():
-        return OpenLineageClient()
-    default_file.parent.mkdir(parents=True, exist_ok=True)
-    return OpenLineageClient(config={"transport": {"type": "file", "log_file_path": str(default_file), "append": True}})
 
 
 def namespace() -> str:
@@ -544,6 +522,8 @@ class EventEmitter:
         self.transport: str | None = None
         self._client: OpenLineageClient | None = None
         self._unavailable = False
+        self._backend_down = False
+        self.kept = 0
 
     def _get_client(self) -> OpenLineageClient | None:
         if self._client is None and not self._unavailable:
@@ -557,26 +537,39 @@ class EventEmitter:
 
     def emit(self, run: StageRun, state: RunState, error: BaseException | None = None) -> bool:
         """Build and send one event; return whether it was sent."""
+        event: RunEvent | None = None
         try:
             client = self._get_client()
             if client is None:
                 self.failed += 1
                 return False
             event = build_event(run, state, error)
+            if self._backend_down:
+                self.failed += 1
+                self._keep(event)
+                return False
             client.emit(event)
         except Exception as failure:
             self.failed += 1
+            # A backend that refused one event is not tried again in this stage: one warning, not one per event.
+            self._backend_down = event is not None and self.transport not in ("file", "noop")
+            kept = f"; this stage's events are kept in {self._keep(event)}" if self._backend_down and event else ""
             log.warning(
-                "OpenLineage: %s event of %s not sent (%s: %s)",
+                "OpenLineage: %s event of %s not sent (%s: %s)%s",
                 state.value,
                 run.stage,
                 type(failure).__name__,
-                redact(str(failure)),
+                redact(str(failure))[:300],
+                kept,
             )
             return False
         if self.transport != "noop":
             self.sent += 1
         return True
+
+    def _keep(self, event: RunEvent) -> Path | None:
+        self.kept += (kept := keep_event(self.default_file, event)) is not None
+        return kept
 
     def start(self, run: StageRun) -> bool:
         """Send START."""
@@ -602,4 +595,5 @@ class EventEmitter:
 
     def stats(self) -> dict[str, Any]:
         """What the record says about emission: the transport, events sent and events lost."""
-        return {"transport": self.transport, "sent": self.sent, "failed": self.failed}
+        stats = {"transport": self.transport, "sent": self.sent, "failed": self.failed}
+        return {**stats, "kept": self.kept} if self.kept else stats

@@ -160,8 +160,11 @@ def test_an_unreachable_transport_never_breaks_the_stage(
     with caplog.at_level(logging.WARNING), _track(project) as run:
         _split_outputs(project)
     record = json.loads((project / "reports/lineage/split/record.json").read_text())
-    assert record["openlineage"] == {"transport": "http", "sent": 0, "failed": 2}
-    assert run.output_hashes and "not sent" in caplog.text
+    # Both events kept in the stage's events file; one warning for the stage, not one per event.
+    assert record["openlineage"] == {"transport": "http", "sent": 0, "failed": 2, "kept": 2}
+    events = (project / "reports/lineage/split/events.jsonl").read_text().splitlines()
+    assert [json.loads(line)["eventType"] for line in events] == ["START", "COMPLETE"]
+    assert run.output_hashes and caplog.text.count("not sent") == 1 and "kept in" in caplog.text
 
 
 def test_disabled_openlineage_sends_nothing(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
