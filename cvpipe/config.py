@@ -150,6 +150,8 @@ class SplitConfig(StrictModel):
     seed: Seed = 42
     per_class: SplitCounts | None = SplitCounts(train=1000, val=500, test=1000)
     fractions: SplitFractions | None = None
+    # sha256 of images to leave out (e.g. from reports/audit/label_issues.parquet); opt-in, empty by default.
+    exclude: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(default_factory=list)
     near_duplicate: NearDuplicateConfig = NearDuplicateConfig()
 
     @model_validator(mode="after")
@@ -223,6 +225,11 @@ class AuditConfig(StrictModel):
     max_cross_split_pairs: NonNegativeInt = 0
     thumbnails: NonNegativeInt = 24
     max_listed_pairs: PositiveInt = 10_000
+    # The label-issue audit (cvpipe.stages.label_audit): k-fold logistic regression on pooled VGG16 features.
+    label_folds: Annotated[int, Field(ge=2, le=20)] = 5
+    label_seed: Seed = 0
+    label_l2: Annotated[float, Field(ge=0.0)] = 1e-3
+    label_steps: PositiveInt = 600
 
 
 class ReportConfig(StrictModel):

@@ -357,3 +357,27 @@ def mnist_evaluate(
     ) as run:
         summary = run.summary = stage.run(cfg, paths)
     log.info("mnist_evaluate: accuracy %.4f (the seed: 0.993 on MNIST)", summary.accuracy)
+
+
+@app.command("label-audit")
+def label_audit(
+    cache: Annotated[Path, typer.Option("--features", help="The VGG16 features cache.")] = layout.FEATURES_CACHE,
+    splits: Annotated[Path, typer.Option(help="The split table (names the rows).")] = layout.SPLITS,
+    issues: Annotated[Path, typer.Option(help="Suspected mislabels to write.")] = layout.LABEL_ISSUES,
+    metrics: Annotated[Path, typer.Option(help="Summary JSON to write.")] = layout.LABEL_AUDIT_METRICS,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Label-audit stage: suspected mislabels in train+val by confident learning; never changes a label."""
+    from cvpipe.stages import label_audit as stage
+
+    cfg = read_params(params)
+    paths = stage.LabelAuditPaths(features=cache, splits=splits, issues=issues, metrics=metrics)
+    with track_stage(
+        "label_audit",
+        inputs=[cache, splits],
+        outputs=[issues, metrics],
+        params_file=params,
+        sections=["audit", "data"],
+    ) as run:
+        summary = run.summary = stage.run(cfg, paths)
+    log.info("label audit: %d suspected mislabel(s) of %d images", summary.issues, summary.images)

@@ -42,6 +42,7 @@ def expected_outs(name: str) -> list[Path]:
         "features": [layout.FEATURES_CACHE],
         "audit": [layout.AUDIT_REPORT, layout.AUDIT_THUMBNAILS],
         "report": [layout.REPORT_HTML],
+        "label_audit": [layout.LABEL_ISSUES],
     }
     mnist = {
         "mnist_data": [layout.MNIST_CACHE],
@@ -62,6 +63,8 @@ def expected_metrics(name: str) -> list[Path]:
         return [layout.MNIST_METRICS]
     if name.startswith("evaluate@"):
         return [layout.metrics_file(variant_of(name))]
+    if name == "label_audit":
+        return [layout.LABEL_AUDIT_METRICS]
     return [layout.AUDIT_METRICS] if name == "audit" else []
 
 
