@@ -168,14 +168,19 @@ class ImageConfig(StrictModel):
     workers: NonNegativeInt = 0
 
 
+Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
+"""A compute dtype policy; ``auto`` picks by hardware (``cvpipe.ml.device.resolve_precision``)."""
+
+
 class FeaturesConfig(StrictModel):
     """The features stage: the VGG16 conv base over the decoded cache."""
 
     weights: str = Field("imagenet", min_length=1)
     batch_size: PositiveInt = 32
     dtype: Literal["float32", "float16"] = "float32"
-    # Compute dtype policy of the conv base: mixed_bfloat16 pays only on bf16 hardware (GPUs, AVX512-BF16, AMX).
-    precision: Literal["float32", "mixed_bfloat16"] = "float32"
+    # Compute dtype policy of the conv base: mixed_bfloat16 pays only on bf16 hardware (GPUs, AVX512-BF16, AMX);
+    # auto picks it there.
+    precision: Precision = "float32"
 
 
 class VariantConfig(StrictModel):
@@ -192,6 +197,8 @@ class TrainConfig(StrictModel):
 
     seed: Seed = 1337
     deterministic: bool = False
+    # auto: mixed_bfloat16 on bf16 GPUs and CPUs, mixed_float16 on older GPUs, float32 elsewhere.
+    precision: Precision = "auto"
     scratch: VariantConfig = VariantConfig(epochs=30)
     scratch_aug: VariantConfig = VariantConfig(epochs=100)
     feature_extraction: VariantConfig = VariantConfig(epochs=20)

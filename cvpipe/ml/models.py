@@ -40,6 +40,8 @@ _MIN_VALID_SIDE = 78
 """Smallest side at which the seed's valid-padding stack (5 convs, 4 pools) still has a 1x1 map left."""
 
 FINE_TUNE_LAYERS: tuple[str, ...] = ("block5_conv1", "block5_conv2", "block5_conv3", "block5_pool")
+OUTPUT_NAME = "predictions"
+"""The classifier's last layer, always float32."""
 
 
 @keras.saving.register_keras_serializable(package="cvpipe")
@@ -78,7 +80,7 @@ def loss_and_metrics(num_classes: int) -> tuple[str, list[str]]:
     return "sparse_categorical_crossentropy", ["accuracy"]
 
 
-def output_layer(num_classes: int, name: str = "predictions") -> layers.Dense:
+def output_layer(num_classes: int, name: str = OUTPUT_NAME) -> layers.Dense:
     """Return the classifier's last layer: Dense(1, sigmoid) for two classes, softmax otherwise.
 
     Args:
@@ -94,15 +96,100 @@ def output_layer(num_classes: int, name: str = "predictions") -> layers.Dense:
     return layers.Dense(num_classes, activation="softmax", dtype="float32", name=name)
 
 
+AUGMENTATION_LAYERS: tuple[type[layers.Layer], ...] = (layers.RandomFlip, layers.RandomRotation, layers.RandomZoom)
+
+_JIT_SAFE_ON_JAX: tuple[type[layers.Layer], ...] = (layers.RandomRotation, layers.RandomZoom)
+"""Layers Keras 3.15 marks ``supports_jit = False``, which makes a model holding one resolve ``jit_compile="auto"``
+to False. On JAX their transform is ``jax.numpy`` and their random state a ``SeedGenerator`` variable that the
+compiled step carries, so they compile and still draw a new transform each step (tests/unit/ml/test_models.py).
+On TensorFlow the flag stays: their ``ImageProjectiveTransformV3`` has no XLA kernel."""
+
+
 def augmentation(name: str = "augmentation") -> keras.Sequential:
     """Return the book's augmentation block: horizontal flips, rotations of +-10 %, zooms of +-20 %.
 
     The layers are inside the model, so they run on the accelerator, on every backend, and only in training.
+    They compute in float32 under any policy: TensorFlow has no bfloat16 GPU kernel for their image transform
+    (it would fall back to the CPU every batch) and the pixels reach :class:`VGG16Preprocess` exact. On JAX
+    they are marked jit-safe (:func:`allow_jit`), so the augmented variants compile.
     """
-    return keras.Sequential(
-        [layers.RandomFlip("horizontal"), layers.RandomRotation(0.1), layers.RandomZoom(0.2)],
+    block = keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", dtype="float32"),
+            layers.RandomRotation(0.1, dtype="float32"),
+            layers.RandomZoom(0.2, dtype="float32"),
+        ],
         name=name,
     )
+    allow_jit(block)
+    return block
+
+
+def walk_layers(model: keras.Model) -> list[layers.Layer]:
+    """Return every layer of ``model``, nested models' layers included (depth first, in order)."""
+    found: list[layers.Layer] = []
+    for layer in model.layers:
+        found.append(layer)
+        if isinstance(layer, keras.Model):
+            found.extend(walk_layers(layer))
+    return found
+
+
+def allow_jit(model: keras.Model) -> keras.Model:
+    """On the JAX backend, mark the augmentation layers jit-safe (see :data:`_JIT_SAFE_ON_JAX`); elsewhere a no-op.
+
+    Keras sets the flag in each layer's constructor, so a loaded or cloned model needs it again
+    (:func:`load_model` and :func:`recast` call this). Returns ``model``.
+    """
+    if keras.backend.backend() == "jax":
+        for layer in walk_layers(model):
+            if isinstance(layer, _JIT_SAFE_ON_JAX):
+                layer.supports_jit = True
+    return model
+
+
+def compute_dtypes(model: keras.Model) -> dict[str, str | None]:
+    """Return what ``model`` computes in: ``base``, ``augmentation`` and ``head`` (None where it has none).
+
+    ``base`` is the first convolution (VGG16's ``block1_conv1``, or the small convnet's first conv);
+    ``augmentation`` the random layers' dtype (``"mixed"`` if they differ); ``head`` the classifier's first
+    Dense layer outside a nested base (the hidden Dense(256), or the small convnet's float32 output layer).
+    """
+    every = walk_layers(model)
+    convs = [layer for layer in every if isinstance(layer, layers.Conv2D)]
+    augment = {layer.compute_dtype for layer in every if isinstance(layer, AUGMENTATION_LAYERS)}
+    dense = [layer for layer in model.layers if isinstance(layer, layers.Dense)]
+    return {
+        "base": convs[0].compute_dtype if convs else None,
+        "augmentation": (augment.pop() if len(augment) == 1 else "mixed") if augment else None,
+        "head": dense[0].compute_dtype if dense else None,
+    }
+
+
+def recast(model: keras.Model, policy: str = "float32") -> keras.Model:
+    """Return a copy of ``model`` whose layers compute under ``policy``, with the same weights.
+
+    A ``.keras`` file restores each layer's own dtype policy, so loading under another global policy changes
+    nothing; this rebuilds the layers instead. The layers this module pins to float32 (augmentation,
+    :class:`VGG16Preprocess`, the output layer) stay float32. Weights are float32 variables under every
+    policy Keras has, so they copy exactly.
+
+    Args:
+        model: a model built by this module (or loaded from one's file).
+        policy: a Keras dtype policy name, e.g. ``float32`` (evaluation) or ``mixed_bfloat16``.
+    """
+
+    def clone(layer: layers.Layer) -> layers.Layer:
+        config = layer.get_config()
+        pinned = isinstance(layer, (*AUGMENTATION_LAYERS, VGG16Preprocess)) or layer.name == OUTPUT_NAME
+        config["dtype"] = "float32" if pinned else policy
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    copy.set_weights(model.get_weights())
+    for source, target in zip(walk_layers(model), walk_layers(copy), strict=True):
+        target.trainable = source.trainable
+    return allow_jit(copy)
 
 
 def mnist_convnet(input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10, pooling: bool = True) -> keras.Model:
@@ -244,8 +331,9 @@ def prepare_fine_tuning(model: keras.Model, trainable_layers: int = len(FINE_TUN
     base = find_conv_base(model)
     base.trainable = True
     cut = len(base.layers) - trainable_layers
-    for layer in base.layers[:cut]:
-        layer.trainable = False
+    # Each layer set on its own: a cloned base (recast) does not pass its own flag down to its layers.
+    for index, layer in enumerate(base.layers):
+        layer.trainable = index >= cut
     logger.info("fine-tuning layers %s", ", ".join(layer.name for layer in base.layers[cut:]))
     return model
 
@@ -256,8 +344,12 @@ def load_model(path: Path | str, compile: bool = True) -> keras.Model:
     Args:
         path: the ``.keras`` file.
         compile: restore the optimizer and loss too; evaluation only needs ``compile=False``.
+
+    Each layer keeps the dtype policy it was saved with (see :func:`recast`); on JAX the augmentation layers
+    are marked jit-safe again (:func:`allow_jit`).
     """
-    return keras.saving.load_model(Path(path), custom_objects={"VGG16Preprocess": VGG16Preprocess}, compile=compile)
+    model = keras.saving.load_model(Path(path), custom_objects={"VGG16Preprocess": VGG16Preprocess}, compile=compile)
+    return allow_jit(model)
 
 
 MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {

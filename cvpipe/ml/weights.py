@@ -44,7 +44,7 @@ import numpy as np
 from cvpipe.config import FeaturesConfig
 from cvpipe.errors import CvpipeError
 from cvpipe.io import md5_file, sha256_file
-from cvpipe.ml.device import dtype_policy
+from cvpipe.ml.device import dtype_policy, resolve_precision
 from cvpipe.ml.models import vgg16_conv_base
 
 logger = logging.getLogger(__name__)
@@ -407,7 +407,7 @@ def build_conv_base(weights_path: Path | None, input_shape: Sequence[int], preci
     Raises:
         CvpipeError: the file does not fit the conv base, or the precision is unknown.
     """
-    with dtype_policy(check_precision(precision)):
+    with dtype_policy(resolve_precision(check_precision(precision))):
         base = vgg16_conv_base(input_shape)
     if weights_path is None:
         seed_random_weights(base, RANDOM_WEIGHTS_SEED)

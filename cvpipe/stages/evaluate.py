@@ -15,7 +15,8 @@ Outputs (all written atomically):
   probability, predicted, confidence, correct), the images named from the split table
   (:mod:`cvpipe.ml.predictions`).
 
-The metrics are computed with NumPy from the predicted probabilities (:mod:`cvpipe.ml.metrics`).
+The metrics are computed with NumPy from the predicted probabilities (:mod:`cvpipe.ml.metrics`). The model
+is scored in float32 whatever precision it was trained in (:func:`load_for_evaluation`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from cvpipe.errors import DataError
 from cvpipe.io import write_bytes_atomic, write_json_atomic, write_parquet
 from cvpipe.ml.arrays import IN_MEMORY_BYTES, ArrayBatches, fits_in_memory, load_split
 from cvpipe.ml.metrics import Uncertainty, classification_metrics, predicted_labels, roc_curve
-from cvpipe.ml.models import load_model
+from cvpipe.ml.models import load_model, recast, walk_layers
 from cvpipe.ml.predictions import predictions_frame, split_rows
 from cvpipe.ml.variants import get_variant
 
@@ -161,7 +162,7 @@ def evaluate_model(
     labels = np.asarray(labels)
     if len(inputs) != len(labels) or len(labels) == 0:
         raise DataError(f"evaluate: {len(inputs)} inputs and {len(labels)} labels (need as many, at least one)")
-    model = load_model(model_path, compile=False)
+    model = load_for_evaluation(model_path)
     probabilities = predict_probabilities(model, inputs, cfg.batch_size)
     if probabilities.shape[1] != len(class_names):
         raise DataError(
@@ -182,6 +183,20 @@ def evaluate_model(
         metrics["roc_auc"],
     )
     return metrics
+
+
+def load_for_evaluation(model_path: Path) -> keras.Model:
+    """Load ``model_path`` to compute in float32, whatever dtype policy it was trained under.
+
+    A ``.keras`` file restores its layers' policies, so a model trained in bfloat16 on a GPU would otherwise
+    be scored in bfloat16 on whatever runs evaluation: slow on a CPU without bf16, and not the same numbers
+    on every machine. Its weights are float32 either way.
+    """
+    model = load_model(model_path, compile=False)
+    if all(layer.compute_dtype == "float32" for layer in walk_layers(model)):
+        return model
+    logger.info("%s was trained in reduced precision; evaluating it in float32", Path(model_path).name)
+    return recast(model, "float32")
 
 
 def predict_probabilities(

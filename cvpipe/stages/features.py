@@ -12,8 +12,9 @@ complete, so a killed run never leaves a complete-looking ``.npy``.
 
 ``precision`` is the compute dtype policy of the conv base: ``float32`` (default), or ``mixed_bfloat16``
 (bfloat16 matrix products, float32 weights), which is faster only where the CPU multiplies bfloat16 in
-hardware (AVX512-BF16, AMX) and on GPUs; its features stay within ~1e-2 relative error of float32
-(``bench/features_speed.py`` measures both). The images are preprocessed in float32 either way.
+hardware (AVX512-BF16, AMX) and on GPUs (``auto`` picks it there and records what it picked); its features
+stay within ~1e-2 relative error of float32 (``bench/features_speed.py`` measures both).
+The images are preprocessed in float32 either way.
 
 The weights never come from the network (:mod:`cvpipe.ml.weights`). This module imports ``keras`` and
 ``numpy`` only, so it runs under any Keras 3 backend (TensorFlow, JAX, PyTorch).
@@ -36,6 +37,7 @@ from cvpipe.config import SPLITS, FeaturesConfig, Params
 from cvpipe.errors import CvpipeError, DataError
 from cvpipe.io import atomic_path, write_json_atomic, write_npy_atomic
 from cvpipe.ml.arrays import NpyRows
+from cvpipe.ml.device import resolve_precision
 from cvpipe.ml.weights import build_conv_base, check_precision, resolve_weights, weights_record
 
 logger = logging.getLogger(__name__)
@@ -195,7 +197,7 @@ def extract_features(
         CvpipeError: the weights cannot be found, verified or loaded, or the precision is unknown.
     """
     images_dir, out_dir = Path(images_dir), Path(out_dir)
-    precision = check_precision(precision or cfg.precision)
+    precision = resolve_precision(check_precision(precision or cfg.precision))  # auto: what ran is recorded
     if keras.config.image_data_format() != "channels_last":
         raise CvpipeError("Keras image_data_format must be 'channels_last' (see ~/.keras/keras.json)")
     opened = {split: _open_split(images_dir, split) for split in _present_splits(images_dir)}

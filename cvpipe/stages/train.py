@@ -39,9 +39,9 @@ from cvpipe.ml.device import (
     distribution_scope,
     dtype_policy,
     enable_determinism,
-    precision_policy,
+    resolve_precision,
 )
-from cvpipe.ml.models import build_model, load_model, loss_and_metrics
+from cvpipe.ml.models import build_model, compute_dtypes, load_model, loss_and_metrics, recast
 from cvpipe.ml.variants import Variant, get_variant
 from cvpipe.ml.weights import load_conv_base, weights_identity
 
@@ -87,8 +87,13 @@ class TrainSummary:
     device: str
     backend: str
     precision: str
+    """The dtype policy the model was built under (``train.precision`` with ``auto`` resolved)."""
     params: int
     trainable_params: int
+    jit_compile: bool
+    """Whether the compiled model runs its steps through XLA (Keras's ``jit_compile`` as it resolved it)."""
+    compute_dtypes: dict[str, str | None]
+    """What ran in which dtype: ``base``, ``augmentation``, ``head`` (see :func:`cvpipe.ml.models.compute_dtypes`)."""
     conv_base: dict[str, Any] | None = None
     """The VGG16 weights' identity (spec, file, sha256) for a variant that builds the base from a spec."""
 
@@ -155,7 +160,7 @@ def train_variant(
     num_classes: int = 2,
     conv_base: ConvBaseSpec | None = None,
     init_model: Path | None = None,
-    mixed_precision: bool | None = None,
+    precision: str | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     workers: int = 1,
     live: bool = True,
@@ -177,7 +182,9 @@ def train_variant(
             or factory is built after the precision policy and inside the multi-GPU scope; prefer them. A
             spec's identity is the summary's ``conv_base``.
         init_model: for a variant with a parent (``fine_tuning``): the parent's ``.keras``.
-        mixed_precision: None: on exactly when a GPU is present.
+        precision: the dtype policy, overriding ``cfg.precision`` (``auto``: see
+            :func:`cvpipe.ml.device.resolve_precision`). The VGG16 base is built under it too; the augmentation
+            block, the preprocessing and the output layer stay float32.
         callbacks: extra Keras callbacks (the CLI's progress bar).
         workers: ``PyDataset`` reader threads (splits too large for memory only).
         live: write dvclive curves; False where dvclive (which imports DVC) is not installed, e.g. the GPU
@@ -201,17 +208,23 @@ def train_variant(
         raise DataError(f"train inputs are {train[0].shape[1:]} but val inputs are {val[0].shape[1:]}")
 
     device = detect_device()
-    policy = precision_policy(device, mixed_precision)
-    logger.info("training %s on %s (precision %s)", variant, device.describe(), policy)
+    policy = resolve_precision(precision or cfg.precision, device)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         enable_determinism(device.backend)
 
     out_model.unlink(missing_ok=True)
-    with dtype_policy(policy), distribution_scope(device):
-        model = _build(spec, train[0].shape[1:], num_classes, conv_base, init_model, out_model)
-        loss, metrics = loss_and_metrics(num_classes)
-        model.compile(optimizer=make_optimizer(settings), loss=loss, metrics=metrics)
+    model = compile_variant(
+        variant, settings, train[0].shape[1:], policy, device, num_classes, conv_base, init_model, out_model
+    )
+    logger.info(
+        "training %s on %s (precision %s, jit_compile %s, compute dtypes %s)",
+        variant,
+        device.describe(),
+        policy,
+        model.jit_compile,
+        compute_dtypes(model),
+    )
 
     inputs = fit_inputs(
         train, val, settings.batch_size, seed=cfg.seed, binary=num_classes == 2, workers=workers, limit=in_memory_bytes
@@ -235,6 +248,41 @@ def train_variant(
     if isinstance(conv_base, str):
         summary = dataclasses.replace(summary, conv_base=weights_identity(conv_base))
     return summary
+
+
+def compile_variant(
+    variant: str,
+    settings: VariantConfig,
+    input_shape: tuple[int, ...],
+    policy: str,
+    device: Device,
+    num_classes: int = 2,
+    conv_base: ConvBaseSpec | None = None,
+    init_model: Path | None = None,
+    out_model: Path | None = None,
+) -> keras.Model:
+    """Build ``variant``'s model under the dtype policy ``policy`` (in the multi-GPU scope) and compile it.
+
+    ``jit_compile`` is left to Keras (``"auto"``): XLA on JAX for every variant, on TensorFlow only on a GPU
+    and for models without the augmentation layers (see README, Devices).
+
+    Args:
+        variant: one of :data:`cvpipe.ml.variants.NAMES`.
+        settings: the variant's optimiser settings.
+        input_shape: one input's shape.
+        policy: a Keras dtype policy (``auto`` already resolved).
+        device: from :func:`cvpipe.ml.device.detect_device`.
+        num_classes: number of classes.
+        conv_base: see :func:`train_variant`.
+        init_model: see :func:`train_variant`.
+        out_model: the file training will write, which ``init_model`` must not be.
+    """
+    spec = get_variant(variant)
+    with dtype_policy(policy), distribution_scope(device):
+        model = _build(spec, input_shape, num_classes, conv_base, init_model, out_model, policy)
+        loss, metrics = loss_and_metrics(num_classes)
+        model.compile(optimizer=make_optimizer(settings), loss=loss, metrics=metrics)
+    return model
 
 
 def _fit(
@@ -275,35 +323,42 @@ def _build(
     num_classes: int,
     conv_base: ConvBaseSpec | None,
     init_model: Path | None,
-    out_model: Path,
+    out_model: Path | None,
+    policy: str,
 ) -> keras.Model:
     """Build ``spec``'s model with its registered builder: from its parent's model, a conv base, or a shape."""
     if spec.parent is not None:
-        return build_model(spec.builder, _parent_model(spec, init_model, num_classes, out_model))
+        # The parent's file keeps the dtypes it was trained under; this variant's policy is this run's.
+        parent = recast(_parent_model(spec, init_model, num_classes, out_model), policy)
+        return build_model(spec.builder, parent)
     if spec.needs_base:
-        return build_model(spec.builder, _resolve_conv_base(spec, conv_base, input_shape), num_classes)
+        return build_model(spec.builder, _resolve_conv_base(spec, conv_base, input_shape, policy), num_classes)
     return build_model(spec.builder, input_shape, num_classes)
 
 
-def _resolve_conv_base(variant: Variant, base: ConvBaseSpec | None, input_shape: tuple[int, ...]) -> keras.Model:
+def _resolve_conv_base(
+    variant: Variant, base: ConvBaseSpec | None, input_shape: tuple[int, ...], policy: str = "float32"
+) -> keras.Model:
     if base is None:
         raise ConfigError(f"{variant.name} needs a VGG16 conv base (conv_base: weights spec or model)")
     shape = tuple(int(side) for side in input_shape)
     if isinstance(base, keras.Model):
-        return base
+        return base  # built by the caller, under the caller's policy
     if isinstance(base, str):
-        return load_conv_base(base, shape)  # offline and checksummed
-    return base(shape)
+        # The loader sets its own policy while building: it must be this run's, or the base (99% of the
+        # FLOPs of the VGG16 variants) would compute in float32 under a bf16 head.
+        return load_conv_base(base, shape, precision=policy)  # offline and checksummed
+    return base(shape)  # under the global policy compile_variant set
 
 
-def _parent_model(variant: Variant, init_model: Path | None, num_classes: int, out_model: Path) -> keras.Model:
+def _parent_model(variant: Variant, init_model: Path | None, num_classes: int, out_model: Path | None) -> keras.Model:
     """Load the trained model ``variant`` starts from, checked against its classes and its own output."""
     if init_model is None:
         raise ConfigError(f"{variant.name} starts from {variant.parent}'s model: pass its .keras as init_model")
     init_model = Path(init_model)
     if not init_model.is_file():
         raise DataError(f"{init_model}: no such model; train {variant.parent} first")
-    if init_model.resolve() == out_model.resolve():
+    if out_model is not None and init_model.resolve() == out_model.resolve():
         raise ConfigError(f"{init_model}: {variant.name} must not overwrite the model it starts from")
     model = load_model(init_model, compile=False)
     units = model.output_shape[-1]
@@ -350,4 +405,6 @@ def _summary(
         precision=policy,
         params=int(model.count_params()),
         trainable_params=int(sum(np.prod(weight.shape) for weight in model.trainable_weights)),
+        jit_compile=bool(model.jit_compile),
+        compute_dtypes=compute_dtypes(model),
     )

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -9,7 +13,7 @@ import numpy as np
 import pytest
 
 from cvpipe.errors import ConfigError
-from cvpipe.ml import models
+from cvpipe.ml import device, models
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +95,7 @@ def test_preprocess_layer_matches_keras_vgg16_preprocess_input() -> None:
 def test_preprocess_layer_round_trips_through_keras_file(tmp_path: Path) -> None:
     # The full VGG16 models are reloaded in fresh processes (and on JAX) in test_train; this is the quick check.
     inputs = keras.Input((8, 8, 3))
-    x = models.augmentation()(inputs)
+    x = keras.layers.Rescaling(1 / 255)(models.augmentation()(inputs))  # a sigmoid saturated at 255 would hide it
     x = models.VGG16Preprocess(dtype="float32", name="vgg16_preprocess")(x)
     model = keras.Model(inputs, keras.layers.Conv2D(2, 3, name="conv")(x))
     images = np.random.default_rng(1).integers(0, 256, (4, 8, 8, 3)).astype(np.float32)
@@ -159,3 +163,72 @@ def test_frozen_vgg16_under_mixed_precision_preprocesses_in_float32() -> None:
     assert models.find_conv_base(model).get_layer("block1_conv1").dtype_policy.compute_dtype == "bfloat16"
     out = model.predict(np.full((2, 32, 32, 3), 128, np.float32), verbose=0)
     assert out.dtype == np.float32 and np.isfinite(out).all()
+
+
+def test_augmentation_computes_in_float32_under_bf16_and_the_base_and_head_in_bf16() -> None:
+    # TensorFlow has no bf16 GPU kernel for the rotation/zoom transform: under bf16 it would run on the CPU.
+    with device.dtype_policy("mixed_bfloat16"):
+        model = models.frozen_base_classifier(models.vgg16_conv_base((32, 32, 3)))
+        scratch = models.small_convnet_aug((32, 32, 3))
+    assert models.compute_dtypes(model) == {"base": "bfloat16", "augmentation": "float32", "head": "bfloat16"}
+    # The small convnet's only Dense is its float32 output layer.
+    assert models.compute_dtypes(scratch) == {"base": "bfloat16", "augmentation": "float32", "head": "float32"}
+    assert models.compute_dtypes(models.dense_head((1, 1, 512))) == {
+        "base": None,
+        "augmentation": None,
+        "head": "float32",
+    }
+
+
+def test_recast_changes_the_compute_dtype_not_the_weights(tmp_path: Path) -> None:
+    with device.dtype_policy("mixed_bfloat16"):
+        model = models.frozen_base_classifier(models.vgg16_conv_base((32, 32, 3)))
+    model.save(tmp_path / "bf16.keras")
+    loaded = models.load_model(tmp_path / "bf16.keras", compile=False)
+    assert models.compute_dtypes(loaded)["base"] == "bfloat16"  # a file keeps the policy it was saved under
+    full = models.recast(loaded, "float32")
+    assert {layer.compute_dtype for layer in models.walk_layers(full)} == {"float32"}
+    for before, after in zip(loaded.get_weights(), full.get_weights(), strict=True):
+        np.testing.assert_array_equal(before, after)
+    assert models.find_conv_base(full).get_layer("block5_conv1") is not None
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(full.predict(images, verbose=0), loaded.predict(images, verbose=0), atol=2e-2)
+    again = models.recast(full, "mixed_bfloat16")
+    assert models.compute_dtypes(again) == {"base": "bfloat16", "augmentation": "float32", "head": "bfloat16"}
+    assert again.get_layer("vgg16_preprocess").compute_dtype == again.layers[-1].compute_dtype == "float32"
+
+
+JIT_SCRIPT = """
+import json
+import keras
+import numpy as np
+from cvpipe.ml import models
+
+assert keras.backend.backend() == "jax"
+keras.utils.set_random_seed(5)
+inputs = keras.Input((32, 32, 3))
+x = keras.layers.Rescaling(1 / 255)(models.augmentation()(inputs))  # a sigmoid saturated at 255 would hide it
+outputs = models.output_layer(2)(keras.layers.Flatten()(keras.layers.AveragePooling2D(4)(x)))
+model = keras.Model(inputs, outputs)
+# Learning rate 0: the weights never move, so a change of loss on the same batch is the augmentation's.
+model.compile(optimizer=keras.optimizers.SGD(0.0), loss="binary_crossentropy")
+images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)).astype("float32")
+labels = np.arange(8) % 2
+losses = [float(model.train_on_batch(images, labels)) for _ in range(4)]
+model.save("aug.keras")
+loaded = models.load_model("aug.keras", compile=False)
+loaded.compile(optimizer="sgd", loss="binary_crossentropy")
+print(json.dumps({"jit": model.jit_compile, "losses": losses, "loaded_jit": loaded.jit_compile}))
+"""
+
+
+def test_augmentation_compiles_on_jax_and_still_varies_every_step(tmp_path: Path) -> None:
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [sys.executable, "-c", JIT_SCRIPT], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    # Keras marks RandomRotation/RandomZoom supports_jit=False: without models.allow_jit this is False.
+    assert result["jit"] is True and result["loaded_jit"] is True
+    assert len(set(result["losses"])) == len(result["losses"]), result["losses"]

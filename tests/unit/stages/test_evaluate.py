@@ -15,6 +15,7 @@ import pytest
 from cvpipe import layout
 from cvpipe.config import EvaluateConfig, Params
 from cvpipe.errors import DataError
+from cvpipe.ml import device, models
 from cvpipe.stages import evaluate
 
 # Binary case. Threshold 0.5 predicts [0, 1, 1, 0, 1, 0]: confusion [[2, 1], [1, 2]], accuracy 4/6.
@@ -238,3 +239,24 @@ def _short_splits(tmp_path: Path) -> Path:
     frame = pd.read_parquet(tmp_path / "splits.parquet").head(5)
     frame.to_parquet(path, index=False)
     return path
+
+
+def test_a_model_trained_in_bf16_is_evaluated_in_float32(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with device.dtype_policy("mixed_bfloat16"):
+        trained = models.small_convnet((32, 32, 3))
+    trained.save(tmp_path / "bf16.keras")
+    scored: list[keras.Model] = []
+    real = evaluate.predict_probabilities
+
+    def spy(model: keras.Model, *args: object, **kwargs: object) -> np.ndarray:
+        scored.append(model)
+        return real(model, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(evaluate, "predict_probabilities", spy)
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    metrics = evaluate.evaluate_model(
+        tmp_path / "bf16.keras", images, BINARY_LABELS, EvaluateConfig(), ["a", "b"], tmp_path / "m.json", tmp_path
+    )
+    # The file restores bf16 layers; evaluation must not inherit the training precision.
+    assert {layer.compute_dtype for layer in models.walk_layers(scored[0])} == {"float32"}
+    assert metrics["n_samples"] == 6

@@ -370,8 +370,8 @@ def test_precision_comes_from_the_config(tmp_path: Path, monkeypatch: pytest.Mon
 def test_unknown_precision_is_one_clear_error(tmp_path: Path) -> None:
     _write_cache(tmp_path / "images", {"train": 2})
     cfg = FeaturesConfig(weights="none")
-    with pytest.raises(CvpipeError, match=r"mixed_float16.*expected one of float32, mixed_bfloat16"):
-        extract_features(tmp_path / "images", tmp_path / "out", cfg, precision="mixed_float16")
+    with pytest.raises(CvpipeError, match=r"float64.*expected one of auto, float32, mixed_bfloat16, mixed_float16"):
+        extract_features(tmp_path / "images", tmp_path / "out", cfg, precision="float64")
 
 
 # -------------------------------------------------------------------------------------------- the stage

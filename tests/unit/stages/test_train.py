@@ -20,6 +20,7 @@ from cvpipe import layout
 from cvpipe.config import Params, TrainConfig, VariantConfig
 from cvpipe.errors import ConfigError, DataError
 from cvpipe.ml import models
+from cvpipe.ml.device import detect_device, resolve_precision
 from cvpipe.ml.variants import NAMES, get_variant
 from cvpipe.stages import train
 
@@ -28,9 +29,12 @@ QUICK = VariantConfig(epochs=2, batch_size=8)
 VGG_QUICK = VariantConfig(epochs=2, batch_size=4)
 # deterministic=True: these runs double as the reference of the determinism test (TensorFlow's switch is
 # process-wide and cannot be turned off, so it stays on for the rest of the session; harmless on CPU).
+# precision float32: the reference predictions below are compared across processes and backends to 1e-5;
+# the bf16 path has its own tests.
 CFG = TrainConfig(
     seed=7,
     deterministic=True,
+    precision="float32",
     scratch=QUICK,
     scratch_aug=QUICK,
     feature_extraction=QUICK,
@@ -146,18 +150,31 @@ sys.meta_path.insert(0, NoTensorFlow())
 import keras
 import numpy as np
 from cvpipe.config import TrainConfig, VariantConfig
-from cvpipe.ml.models import load_model
-from cvpipe.stages.train import train_variant
+from cvpipe.ml.device import detect_device
+from cvpipe.ml.models import compute_dtypes, load_model, vgg16_conv_base
+from cvpipe.stages.train import compile_variant, train_variant
 
 assert keras.backend.backend() == "jax"
 load = lambda name: np.load(f"jax_{name}.npy", mmap_mode="r")
-cfg = TrainConfig(seed=3, feature_extraction=VariantConfig(epochs=2, batch_size=8))
+cfg = TrainConfig(seed=3, precision="float32", feature_extraction=VariantConfig(epochs=2, batch_size=8))
 summary = dataclasses.asdict(train_variant("feature_extraction", cfg, (load("x_train"), load("y_train")),
                         (load("x_val"), load("y_val")), "jax.keras", "jax_report"))
 model = load_model("jax.keras", compile=False)
 np.save("jax_pred.npy", model.predict(load("x_val")[:8].astype("float32"), verbose=0))
 for variant, (path, inputs, out) in json.loads(sys.argv[1]).items():
     np.save(out, load_model(path, compile=False).predict(np.load(inputs).astype("float32"), verbose=0))
+# Every variant, as train_variant builds and compiles it under bf16 (no fit: XLA's compile alone is slow here).
+compiled = {}
+for variant, shape, extra in [
+    ("scratch", (32, 32, 3), {}),
+    ("scratch_aug", (32, 32, 3), {}),
+    ("feature_extraction", (1, 1, 512), {}),
+    ("feature_extraction_aug", (32, 32, 3), {"conv_base": vgg16_conv_base}),
+    ("fine_tuning", (32, 32, 3), {"init_model": json.loads(sys.argv[2])}),
+]:
+    model = compile_variant(variant, cfg.scratch, shape, "mixed_bfloat16", detect_device(), **extra)
+    compiled[variant] = {"jit_compile": model.jit_compile, "compute_dtypes": compute_dtypes(model)}
+summary["compiled"] = compiled
 summary["tensorflow_imported"] = "tensorflow" in sys.modules
 print(json.dumps(summary))
 """
@@ -166,6 +183,7 @@ print(json.dumps(summary))
 # convs, augmentation and the custom preprocessing layer run when it reads a plain and a VGG16 model that
 # TensorFlow trained.
 JAX_READS = ("scratch", "feature_extraction_aug")
+AUGMENTED = ("scratch_aug", "feature_extraction_aug", "fine_tuning")
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +255,16 @@ def test_each_variant_learns_and_keeps_its_best_epoch(trained: dict[str, dict[st
     assert report["summary"] == {k: v for k, v in dataclasses.asdict(summary).items() if k != "conv_base"}
     assert summary.conv_base is None  # the VGG16 base came as a factory here, not a weights spec
     assert result["model"].is_file()
+    # What ran, for a reader to verify: TensorFlow on a CPU never compiles with XLA (Keras's "auto").
+    facts = report["summary"]
+    assert (facts["backend"], facts["device"]) == ("tensorflow", "tensorflow backend, CPU")
+    assert facts["precision"] == "float32"
+    assert facts["jit_compile"] is False
+    assert facts["compute_dtypes"] == {
+        "base": None if variant == "feature_extraction" else "float32",
+        "augmentation": "float32" if variant in AUGMENTED else None,
+        "head": "float32",
+    }
 
 
 def test_fine_tuning_trains_block5_and_the_head_only(trained: dict[str, dict[str, Any]]) -> None:
@@ -279,7 +307,8 @@ def fresh_runs(trained: dict[str, dict[str, Any]], workdir: Path) -> dict[str, A
         np.save(workdir / f"jax_{name.replace('x_', 'y_')}.npy", y)
 
     processes = {"tensorflow": start_python(RELOAD_SCRIPT, "tensorflow", workdir, json.dumps(reload_jobs))}
-    processes["jax"] = start_python(JAX_SCRIPT, "jax", workdir, json.dumps(jax_jobs))
+    parent = json.dumps(str(trained["feature_extraction_aug"]["model"]))
+    processes["jax"] = start_python(JAX_SCRIPT, "jax", workdir, json.dumps(jax_jobs), parent)
     # While they run: this process's own predictions, the reference both are held to.
     reference = {
         variant: models.load_model(path, compile=False).predict(np.load(inputs).astype("float32"), verbose=0)
@@ -310,6 +339,16 @@ def test_jax_backend_trains_and_reads_tensorflow_models(fresh_runs: dict[str, An
     history = json.loads((workdir / "jax_report" / layout.HISTORY_NAME).read_text())["history"]
     assert summary["backend"] == "jax" and summary["device"] == "jax backend, CPU"
     assert summary["tensorflow_imported"] is False
+    assert summary["jit_compile"] is True
+    # Every variant compiles on JAX (RandomRotation/RandomZoom's supports_jit=False made three run op by op),
+    # bf16 reaches the VGG16 base and the augmentation stays float32.
+    for variant, facts in summary["compiled"].items():
+        assert facts["jit_compile"] is True, variant
+        assert facts["compute_dtypes"] == {
+            "base": None if variant == "feature_extraction" else "bfloat16",
+            "augmentation": "float32" if variant in AUGMENTED else None,
+            "head": "float32" if variant.startswith("scratch") else "bfloat16",
+        }, variant
     assert history["val_loss"][-1] < history["val_loss"][0]
     # The JAX-trained file reads back on TensorFlow with the same predictions, and the other way round.
     val = np.load(workdir / "jax_x_val.npy")[:8].astype("float32")
@@ -400,12 +439,42 @@ def test_bad_requests_fail_with_one_line(
 
 def test_mixed_precision_trains_keeps_a_float32_output_and_restores_the_policy(workdir: Path) -> None:
     out = workdir / "models" / "mixed.keras"
-    summary = train_head(workdir, "mixed", features(32, 12), features(8, 13), mixed_precision=True)
+    summary = train_head(workdir, "mixed", features(32, 12), features(8, 13), precision="mixed_bfloat16")
     assert summary.precision == "mixed_bfloat16"
+    assert summary.compute_dtypes == {"base": None, "augmentation": None, "head": "bfloat16"}
     assert keras.config.dtype_policy().name == "float32"
     model = models.load_model(out, compile=False)
     assert model.get_layer(index=2).dtype_policy.name == "mixed_bfloat16"
     assert model.predict(features(4, 14)[0].astype("float32"), verbose=0).dtype == np.float32
+
+
+def test_auto_precision_is_resolved_from_the_hardware_and_recorded(workdir: Path) -> None:
+    auto = CFG.model_copy(update={"precision": "auto"})
+    summary = train.train_variant(
+        "feature_extraction", auto, features(16, 30), features(8, 31), workdir / "auto.keras", workdir / "auto"
+    )
+    expected = resolve_precision("auto", detect_device())  # mixed_bfloat16 on the AMX/AVX512-BF16 CPUs here
+    assert summary.precision == expected
+    assert summary.compute_dtypes["head"] == ("bfloat16" if expected == "mixed_bfloat16" else "float32")
+
+
+def test_fine_tuning_recasts_its_parent_to_this_runs_precision(
+    trained: dict[str, dict[str, Any]], data: dict[str, tuple[np.ndarray, np.ndarray]], workdir: Path
+) -> None:
+    # The parent was trained (and saved) in float32; a bf16 run must not inherit that through the file.
+    quick = CFG.model_copy(update={"fine_tuning": VariantConfig(epochs=1, batch_size=4, learning_rate=1e-5)})
+    summary = train.train_variant(
+        "fine_tuning",
+        quick,
+        data["vgg_train"],
+        data["vgg_val"],
+        workdir / "models" / "ft_bf16.keras",
+        workdir / "reports" / "ft_bf16",
+        init_model=trained["feature_extraction_aug"]["model"],
+        precision="mixed_bfloat16",
+    )
+    assert summary.compute_dtypes == {"base": "bfloat16", "augmentation": "float32", "head": "bfloat16"}
+    assert summary.trainable_params == trained["fine_tuning"]["summary"].trainable_params
 
 
 def test_a_weights_spec_is_resolved_by_the_weights_module() -> None:
@@ -441,11 +510,16 @@ def test_run_trains_from_a_cache_folder_and_counts_epochs(workdir: Path) -> None
 
 def test_run_records_the_conv_base_a_weights_spec_built(workdir: Path) -> None:
     cache = _write_cache(workdir / "stage_images", {"train": shapes(8, 22), "val": shapes(4, 23)})
-    quick = CFG.model_copy(update={"feature_extraction_aug": VariantConfig(epochs=1, batch_size=4)})
+    quick = CFG.model_copy(
+        update={"feature_extraction_aug": VariantConfig(epochs=1, batch_size=4), "precision": "mixed_bfloat16"}
+    )
     params = Params.model_validate({"train": quick.model_dump(), "features": {"weights": "none"}})
     paths = train.TrainPaths(cache, workdir / "models" / "stage_aug.keras", workdir / "reports" / "stage_aug")
     summary = train.run("feature_extraction_aug", params, paths)
     assert summary.conv_base == {"spec": "none", "file": "random (none)"}
+    # The base a weights spec builds computes in the run's precision (it was float32 under a bf16 head),
+    # the augmentation in float32 (TensorFlow has no bf16 GPU kernel for it).
+    assert summary.compute_dtypes == {"base": "bfloat16", "augmentation": "float32", "head": "bfloat16"}
     history = json.loads((paths.out / layout.HISTORY_NAME).read_text())
     assert "conv_base" not in history["summary"]
 
