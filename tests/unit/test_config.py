@@ -50,8 +50,8 @@ def test_demo_overlay_is_valid() -> None:
             "set exactly one of per_class and fractions",
         ),
         (
-            {"features": {"precision": "mixed_float16"}},
-            "features.precision: Input should be 'float32' or 'mixed_bfloat16'",
+            {"train": {"precision": "bf16"}},
+            "train.precision: Input should be 'auto', 'float32', 'mixed_bfloat16' or 'mixed_float16'",
         ),
         ({"nonsense": {}}, "nonsense: unknown key"),
         ([1, 2], "expected a mapping"),
