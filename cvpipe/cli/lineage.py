@@ -23,8 +23,9 @@ def lineage_model(
     as_json: JsonOption = False,
 ) -> None:
     """The chain behind a model: source, manifest, split, features, params, code, environment and runs."""
-    from cvpipe.lineage.query import format_model, model_lineage
+    from cvpipe.lineage.query import model_lineage
     from cvpipe.lineage.record import project_root
+    from cvpipe.lineage.text import format_model
 
     answer = model_lineage(project_root(), artifact)
     typer.echo(json.dumps(answer, indent=2, sort_keys=True) if as_json else format_model(answer))
@@ -36,8 +37,9 @@ def lineage_image(
     as_json: JsonOption = False,
 ) -> None:
     """Which split an image is in, its row in the caches, and which models trained, validated or tested on it."""
-    from cvpipe.lineage.query import format_image, image_lineage
+    from cvpipe.lineage.query import image_lineage
     from cvpipe.lineage.record import project_root
+    from cvpipe.lineage.text import format_image
 
     answer = image_lineage(project_root(), query)
     typer.echo(json.dumps(answer, indent=2, sort_keys=True) if as_json else format_image(answer))
@@ -51,8 +53,9 @@ def lineage_diff(
     as_json: JsonOption = False,
 ) -> None:
     """Images that entered or left each split between two git revisions, with counts per class."""
-    from cvpipe.lineage.query import format_diff, lineage_diff
+    from cvpipe.lineage.query import lineage_diff
     from cvpipe.lineage.record import project_root
+    from cvpipe.lineage.text import format_diff
 
     answer = lineage_diff(project_root(), rev1, rev2)
     typer.echo(json.dumps(answer, indent=2, sort_keys=True) if as_json else format_diff(answer, limit))

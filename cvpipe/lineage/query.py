@@ -19,10 +19,13 @@ import pandas as pd
 
 from cvpipe.config import SPLITS
 from cvpipe.errors import CvpipeError
-from cvpipe.layout import CACHES, LINEAGE_DIR, MANIFEST, RECORD_NAME, lineage_dir, split_file
+from cvpipe.layout import CACHES, LINEAGE_DIR, MANIFEST, RECORD_NAME, SPLIT_REPORT, lineage_dir, split_file
 from cvpipe.layout import SPLITS as SPLITS_TABLE
 from cvpipe.lineage.dvcfile import dvc_hash, lock_outputs, producing_stage, read_lock
 from cvpipe.lineage.record import relative
+from cvpipe.lineage.text import format_diff as format_diff  # the CLI's text, kept importable from here
+from cvpipe.lineage.text import format_image as format_image
+from cvpipe.lineage.text import format_model as format_model
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +295,20 @@ def _split_md5(root: Path, stage: str, records: Mapping[str, Mapping[str, Any]])
     return (_table(split, ".parquet")["md5"] if split else None), intact
 
 
+def _why_unplaced(root: Path, members: Sequence[str]) -> str:
+    """Why an ok image is in no split: a label conflict (the split report lists it), else not drawn."""
+    try:
+        report = json.loads((root / SPLIT_REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"in no split (a label conflict or not drawn: {SPLIT_REPORT} is not readable to say which)"
+    for group in report.get("label_conflicts") or []:
+        if set(group) & set(members):
+            return (
+                f"in no split: a label conflict, its copies or near-duplicates carry another label ({', '.join(group)})"
+            )
+    return "in no split: not drawn (the split takes split.per_class images of each class, or split.fractions)"
+
+
 def image_lineage(
     root: Path, query: str, manifest_path: Path | str = MANIFEST, splits_path: Path | str = SPLITS_TABLE
 ) -> dict:
@@ -324,7 +341,7 @@ def image_lineage(
     }
     if placed.empty:
         quarantined = first["status"] != "ok"
-        answer["note"] = "quarantined: in no split" if quarantined else "in no split (a label conflict, or not drawn)"
+        answer["note"] = "quarantined: in no split" if quarantined else _why_unplaced(root, rows["member"].tolist())
         return answer
     entry = placed.iloc[0]
     split, row = str(entry["split"]), int(entry["row"])
@@ -424,10 +441,21 @@ def read_at(root: Path, path: str, rev: str | None) -> pd.DataFrame:
         data = dvc.api.read(path, repo=str(root), rev=rev, mode="rb")
     except Exception as error:
         raise CvpipeError(
-            f"{path}@{rev}: cannot read it ({type(error).__name__}: {_first_line(error)}); check the revision, "
-            "and fetch its data with `dvc fetch --all-commits` or `dvc pull`"
+            f"{path}@{rev}: cannot read it ({type(error).__name__}: {_first_line(error)}); {_fix_for(root, rev)}"
         ) from None
     return pd.read_parquet(io.BytesIO(data))
+
+
+def _fix_for(root: Path, rev: str) -> str:
+    """What to do when ``rev``'s data cannot be read: name the revision when git does not know it."""
+    import subprocess
+
+    known = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=root, capture_output=True, check=False
+    )
+    if known.returncode != 0:
+        return f"git knows no revision {rev!r} (see `git log --oneline`)"
+    return "its data is not in DVC's cache: `dvc fetch --all-commits` (or `dvc pull`) brings it"
 
 
 def _first_line(error: BaseException) -> str:
@@ -475,113 +503,3 @@ def lineage_diff(root: Path, rev1: str, rev2: str | None, path: str = SPLITS_TAB
     """:func:`split_diff` of the split table at two git revisions (``rev2`` None: the workspace)."""
     before, after = read_at(root, path, rev1), read_at(root, path, rev2)
     return {"path": path, "rev1": rev1, "rev2": rev2 or "workspace", **split_diff(before, after)}
-
-
-# -- text for people ------------------------------------------------------------------------------------------
-
-
-def _short(md5: Any) -> str:
-    return str(md5)[:12] if md5 else "-"
-
-
-def _counts(counts: Mapping[str, Any] | None) -> str:
-    if not counts:
-        return "-"
-    return ", ".join(f"{label} {count}" for label, count in counts.items())
-
-
-def format_model(answer: Mapping[str, Any]) -> str:
-    """``cvpipe lineage model`` for a terminal: the chain from the source to the artifact."""
-    run, source, manifest, split = answer["run"], answer["source"], answer["manifest"], answer["split"]
-    git = run.get("git") or {}
-    who = run.get("orchestrator") or {}
-    state = "matches" if answer["matches_file"] else "DIFFERS FROM"
-    lines = [
-        f"{answer['artifact']}  md5 {_short(answer['md5'])}  ({state} the file on disk; "
-        f"{'in' if answer['matches_dvc_lock'] else 'NOT in'} dvc.lock)",
-        f"  stage     {answer['stage']}  run {run.get('run_id')}",
-        f"  when      {run.get('started_at')} -> {run.get('finished_at')} ({run.get('seconds')} s)",
-        f"  by        {who.get('kind')}"
-        + (f", Prefect flow run {who['flow_run_id']} ({who.get('flow_run_name')})" if who.get("flow_run_id") else ""),
-        f"  code      git {git.get('commit') or 'none'}"
-        + (" (dirty: " + ", ".join(git.get("dirty_paths") or []) + ")" if git.get("dirty") else ""),
-        f"  device    {run.get('device') or '-'}",
-        "  params    " + ", ".join(f"{key}={json.dumps(value)}" for key, value in (run.get("params") or {}).items()),
-        "  packages  " + ", ".join(f"{name} {version}" for name, version in (run.get("packages") or {}).items()),
-        "source",
-        f"  {source.get('source')}"
-        + (f" {source['competition']}" if source.get("competition") else "")
-        + f", archive sha256 {source.get('archive_sha256')}",
-        f"  Last-Modified {source.get('last_modified') or '-'}, retrieved {source.get('retrieved_at')}",
-        "manifest",
-        f"  {manifest.get('path')} md5 {_short(manifest.get('md5'))}: {manifest.get('members')} members, "
-        f"{manifest.get('ok')} ok, {manifest.get('quarantined')} quarantined",
-        "split",
-        f"  {split.get('path')} md5 {_short(split.get('md5'))}",
-    ]
-    counts = split.get("counts") or {}
-    order = [*SPLITS, *sorted(set(counts) - set(SPLITS))]
-    lines += [f"  {name}: {_counts(counts[name])}" for name in order if name in counts]
-    weights = answer.get("conv_base") or answer.get("features")
-    if weights:
-        lines += [
-            "feature extractor",
-            f"  VGG16 weights {weights.get('spec')} ({weights.get('file')}), sha256 {weights.get('sha256', '-')}",
-        ]
-    lines.append("chain")
-    for step in answer["chain"]:
-        inputs = ", ".join(
-            f"{entry['path']} ({entry['stage'] or 'source'}: {entry['link']})" for entry in step["inputs"]
-        )
-        lines.append(f"  {step['stage']:<28} <- {inputs or '-'}")
-    if answer["broken_links"]:
-        lines.append("BROKEN LINKS: an upstream stage ran again since (dvc repro brings them back in step)")
-    return "\n".join(lines)
-
-
-def format_image(answer: Mapping[str, Any]) -> str:
-    """``cvpipe lineage image`` for a terminal."""
-    lines = [
-        f"{', '.join(answer['members'])}  sha256 {answer['sha256']}",
-        f"  label {answer['label'] or '-'}, {answer['status']}"
-        + (f" ({answer['reason']})" if answer.get("reason") else ""),
-    ]
-    if len(answer["exact_copies"]) > 1:
-        lines.append(f"  exact copies: {', '.join(answer['exact_copies'])} (the split keeps {answer['kept_member']})")
-    if answer["split"] is None:
-        lines.append(f"  {answer.get('note')}")
-        return "\n".join(lines)
-    lines.append(f"  split {answer['split']}, row {answer['row']}")
-    if len(answer["near_duplicate_group"]) > 1:
-        lines.append(f"  near-duplicate group (same split): {', '.join(answer['near_duplicate_group'])}")
-    lines += [f"  cache {cache['path']} row {cache['row']}" for cache in answer["caches"]]
-    for model in answer["models"]:
-        verdict = (
-            "" if model["same_split_version"] and model["chain_intact"] else "  (built from another split version)"
-        )
-        lines.append(f"  {model['stage']}: {model['model']} {model['use']}{verdict}")
-        said = model.get("prediction")
-        if said:
-            mark = "correct" if said["correct"] else f"WRONG (label {said['label']})"
-            lines.append(f"    predicted {said['predicted']} with p={said['confidence']:.3f}: {mark}")
-    return "\n".join(lines)
-
-
-def format_diff(answer: Mapping[str, Any], limit: int = 20) -> str:
-    """``cvpipe lineage diff`` for a terminal: per split, what entered and left, with class counts."""
-    lines = [f"{answer['path']}: {answer['rev1']} -> {answer['rev2']} ({answer['unchanged']} images kept their split)"]
-    for name, change in answer["splits"].items():
-        lines.append(
-            f"{name}: {change['before']} -> {change['after']} images; "
-            f"entered {len(change['entered'])} ({_counts(change['entered_per_class'])}), "
-            f"left {len(change['left'])} ({_counts(change['left_per_class'])})"
-        )
-        for sign, key in (("+", "entered"), ("-", "left")):
-            for image in change[key][:limit]:
-                where = image["other_side"] or "no split"
-                lines.append(
-                    f"  {sign} {image['member']} ({image['label']}, {image['sha256'][:12]}; other side: {where})"
-                )
-            if len(change[key]) > limit:
-                lines.append(f"  {sign} ... {len(change[key]) - limit} more (--limit, or --json for all)")
-    return "\n".join(lines)

@@ -21,6 +21,7 @@ import numpy as np
 
 from cvpipe import layout
 from cvpipe.config import SPLITS, VARIANTS, ReportConfig
+from cvpipe.errors import CvpipeError
 from cvpipe.report.charts import bar_chart, histogram, line_chart
 from cvpipe.report.html import esc, image_grid, jpeg_data_uri, table, td, value_cell
 from cvpipe.report.verdicts import SCRATCH_AUG_NOTE, interval
@@ -72,10 +73,24 @@ def _json(path: Path) -> Any:
 
 
 def read_metrics(metrics_dir: Path) -> dict[str, dict[str, Any]]:
-    """Every ``<variant>.json`` in ``metrics_dir``, in the seed's variant order."""
-    found = {path.stem: json.loads(path.read_text(encoding="utf-8")) for path in Path(metrics_dir).glob("*.json")}
+    """Every ``<variant>.json`` in ``metrics_dir``, in the seed's variant order.
+
+    Raises:
+        CvpipeError: a metrics file is not readable JSON (named, with what to do).
+    """
+    found = {path.stem: _read_metrics_file(path) for path in Path(metrics_dir).glob("*.json")}
     ordered = [name for name in VARIANTS if name in found] + sorted(set(found) - set(VARIANTS))
     return {name: found[name] for name in ordered}
+
+
+def _read_metrics_file(path: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as error:
+        raise CvpipeError(
+            f"{path}: not a readable metrics file ({type(error).__name__}: {error}); rerun its stage: "
+            f"dvc repro -f evaluate@{path.stem}"
+        ) from None
 
 
 def _cell(value: Any) -> str:
