@@ -94,7 +94,8 @@ def test_same_inputs_give_byte_identical_outputs(workspace: Path, tmp_path: Path
 
 
 def test_a_code_change_makes_exactly_the_stages_that_run_it_stale(workspace: Path) -> None:
-    # archive.py decides which bytes ingest and decode read (dvc.yaml lists it for them, not for the others).
+    # archive.py decides which bytes ingest, split (its near-duplicate candidates' pixels) and decode read
+    # (dvc.yaml lists it for them and the audit, not for the others).
     repro(workspace, "decode")
     code = workspace / "cvpipe/imaging/archive.py"
     original = code.read_bytes()
@@ -103,5 +104,5 @@ def test_a_code_change_makes_exactly_the_stages_that_run_it_stale(workspace: Pat
         status = json.loads(run_tool(dvc("status", "--json", *DATA_STAGES), workspace).stdout or "{}")
     finally:
         code.write_bytes(original)
-    assert set(status) == {"ingest", "decode"}
+    assert set(status) == {"ingest", "split", "decode"}
     assert repro(workspace, "decode")[0] == set()
