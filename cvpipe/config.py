@@ -199,6 +199,9 @@ class TrainConfig(StrictModel):
     deterministic: bool = False
     # auto: mixed_bfloat16 on bf16 GPUs and CPUs, mixed_float16 on older GPUs, float32 elsewhere.
     precision: Precision = "auto"
+    # The hidden Dense(256) of the VGG16 variants' head: None (linear) is the seed's Dense(256), so "vs seed"
+    # compares the same model; relu is what cvpipe used before (issue 13 part 3).
+    head_activation: Literal["relu", "gelu", "tanh"] | None = None
     scratch: VariantConfig = VariantConfig(epochs=30)
     scratch_aug: VariantConfig = VariantConfig(epochs=100)
     feature_extraction: VariantConfig = VariantConfig(epochs=20)

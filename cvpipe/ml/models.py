@@ -5,10 +5,12 @@ Every builder returns an uncompiled ``keras.Model``; :func:`build_model` picks o
 :class:`~cvpipe.errors.ConfigError` on an unknown name. The output layer is
 always float32 (``dtype="float32"``) so probabilities and the loss stay exact under a mixed-precision policy.
 
-Two departures from the walkthrough, on purpose:
+The dense head's hidden ``Dense(256)`` is linear by default, as the walkthrough's (``train.head_activation``:
+``None``), so the VGG16 variants' figures compare with the seed's like for like; a linear layer before the
+sigmoid adds no capacity, and ``head_activation="relu"`` is the non-linear head cvpipe trained before.
 
-* The dense head is ``Dense(256, relu)``; the book's ``Dense(256)`` has no activation, which makes the head
-  a linear map followed by a logistic regression (two stacked linear layers add no capacity).
+One departure from the walkthrough, on purpose:
+
 * :func:`prepare_fine_tuning` leaves exactly the base's last four layers trainable (block5_conv1-3 and
   block5_pool), as the book describes; the walkthrough's loop sets ``trainable = True`` and trains the
   whole base.
@@ -42,6 +44,8 @@ _MIN_VALID_SIDE = 78
 FINE_TUNE_LAYERS: tuple[str, ...] = ("block5_conv1", "block5_conv2", "block5_conv3", "block5_pool")
 OUTPUT_NAME = "predictions"
 """The classifier's last layer, always float32."""
+HEAD_UNITS = 256
+"""Width of the VGG16 variants' hidden Dense head layer (the seed's)."""
 
 
 @keras.saving.register_keras_serializable(package="cvpipe")
@@ -270,19 +274,24 @@ def vgg16_conv_base(input_shape: Sequence[int] = SEED_IMAGE_SHAPE, weights: str 
     return keras.applications.VGG16(weights=weights, include_top=False, input_shape=_image_shape(input_shape))
 
 
-def dense_head(feature_shape: Sequence[int] = (5, 5, 512), num_classes: int = 2) -> keras.Model:
-    """Return the classifier trained on cached VGG16 features: Flatten, Dense(256, relu), Dropout(0.5), out.
+def dense_head(
+    feature_shape: Sequence[int] = (5, 5, 512), num_classes: int = 2, head_activation: str | None = None
+) -> keras.Model:
+    """Return the classifier trained on cached VGG16 features: Flatten, Dense(256), Dropout(0.5), out.
 
     Args:
         feature_shape: shape of one cached feature map, (5, 5, 512) for 180-pixel images.
         num_classes: number of classes.
+        head_activation: the Dense(256)'s activation; None (linear) is the seed's.
     """
     inputs = keras.Input(shape=tuple(feature_shape))
-    outputs = _head(inputs, num_classes)
+    outputs = _head(inputs, num_classes, head_activation)
     return keras.Model(inputs, outputs, name="dense_head")
 
 
-def frozen_base_classifier(conv_base: keras.Model, num_classes: int = 2, augment: bool = True) -> keras.Model:
+def frozen_base_classifier(
+    conv_base: keras.Model, num_classes: int = 2, augment: bool = True, head_activation: str | None = None
+) -> keras.Model:
     """Return images -> augmentation -> VGG16 preprocessing -> frozen ``conv_base`` -> dense head.
 
     ``conv_base.trainable`` is set to False (the head is random at first; its large gradients would wreck
@@ -292,13 +301,14 @@ def frozen_base_classifier(conv_base: keras.Model, num_classes: int = 2, augment
         conv_base: a VGG16 conv base, e.g. from :func:`vgg16_conv_base` or ``cvpipe.ml.weights.load_conv_base``.
         num_classes: number of classes.
         augment: put the augmentation block in front (the seed's "feature_extraction_aug").
+        head_activation: the head's Dense(256) activation; None (linear) is the seed's.
     """
     conv_base.trainable = False
     inputs = keras.Input(shape=tuple(conv_base.input_shape[1:]))
     x = augmentation()(inputs) if augment else inputs
     x = VGG16Preprocess(dtype="float32", name="vgg16_preprocess")(x)
     x = conv_base(x)
-    outputs = _head(x, num_classes)
+    outputs = _head(x, num_classes, head_activation)
     return keras.Model(inputs, outputs, name="frozen_vgg16_classifier")
 
 
@@ -387,9 +397,20 @@ def build_model(name: str, *args: Any, **kwargs: Any) -> keras.Model:
     return get_builder(name)(*args, **kwargs)
 
 
-def _head(x: Any, num_classes: int) -> Any:
+def head_activation(model: keras.Model) -> str | None:
+    """The activation of ``model``'s hidden Dense(256) head layer (``linear`` for the seed's), or None without one.
+
+    Read from the model, so a fine-tuned model reports the head it inherited from its parent.
+    """
+    for layer in model.layers:
+        if isinstance(layer, layers.Dense) and layer.units == HEAD_UNITS:
+            return str(getattr(layer.activation, "__name__", layer.activation))
+    return None
+
+
+def _head(x: Any, num_classes: int, activation: str | None = None) -> Any:
     x = layers.Flatten()(x)
-    x = layers.Dense(256, activation="relu")(x)
+    x = layers.Dense(HEAD_UNITS, activation=activation)(x)
     x = layers.Dropout(0.5)(x)
     return output_layer(num_classes)(x)
 

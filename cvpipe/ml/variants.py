@@ -31,13 +31,15 @@ class Variant:
     """The variant whose trained model this one starts from (``fine_tuning``: ``feature_extraction_aug``)."""
     needs_base: bool = False
     """Builds the VGG16 conv base from ``features.weights`` (a variant with a parent inherits its base)."""
+    head: bool = False
+    """Builds the dense head, with ``train.head_activation`` (a variant with a parent inherits its parent's)."""
 
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("scratch", "images", "scratch"),
     Variant("scratch_aug", "images", "scratch_aug"),
-    Variant("feature_extraction", "features", "feature_extraction"),
-    Variant("feature_extraction_aug", "images", "feature_extraction_aug", needs_base=True),
+    Variant("feature_extraction", "features", "feature_extraction", head=True),
+    Variant("feature_extraction_aug", "images", "feature_extraction_aug", needs_base=True, head=True),
     Variant("fine_tuning", "images", "fine_tuning", parent="feature_extraction_aug"),
 )
 

@@ -24,7 +24,7 @@ from cvpipe.config import SPLITS, VARIANTS, ReportConfig
 from cvpipe.errors import CvpipeError
 from cvpipe.report.charts import bar_chart, histogram, line_chart
 from cvpipe.report.html import esc, image_grid, jpeg_data_uri, table, td, value_cell
-from cvpipe.report.verdicts import SCRATCH_AUG_NOTE, interval
+from cvpipe.report.verdicts import BOOK_AUGMENTED_ACCURACY, SCRATCH_AUG_NOTE, interval
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,12 @@ def metrics_section(inputs: ReportInputs) -> str:
     ]
     chart = bar_chart(
         {
-            name: {"this run": values.get("accuracy"), "seed": SEED_ACCURACY.get(name)}
+            name: {
+                "this run": values.get("accuracy"),
+                "seed": SEED_ACCURACY.get(name),
+                # The seed's scratch_aug ran without its augmentation: the book's augmented model beside it.
+                "book (augmented)": BOOK_AUGMENTED_ACCURACY if name == "scratch_aug" else None,
+            }
             for name, values in metrics.items()
         },
         "Test accuracy: this run and the seed (Kaggle data)",

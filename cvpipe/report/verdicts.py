@@ -23,14 +23,19 @@ from cvpipe.report.html import esc, image_grid, jpeg_data_uri, number, table, td
 
 log = logging.getLogger(__name__)
 
-# The walkthrough's scratch_aug never applies its augmentation layers: its 0.744 is the small convnet with
-# dropout only. The book (Deep Learning with Python, 2nd ed., section 8.2.5) reports about 0.83 with them.
-BOOK_AUGMENTED_ACCURACY = 0.83
+# The walkthrough's scratch_aug never applies its augmentation layers: its model starts
+# `x = layers.Rescaling(1./255)(inputs)`, past the `data_augmentation` block it defined, so its 0.744 is the
+# small convnet with dropout only (reference/000_af6150186a7c5bee.txt, section 8.2.5). notes/keras.md gives the
+# book and seed figures for scratch+aug as ~0.74-0.85; the seed's 0.744 is the low end, so the book's augmented
+# model is the ~0.85 end. The book's own text was not at hand to check a more exact figure: none is claimed.
+BOOK_AUGMENTED_ACCURACY = 0.85
 SCRATCH_AUG_NOTE = (
     "The seed's scratch_aug figure (0.744) is of a model whose augmentation layers were defined but never "
-    "applied (its walkthrough feeds the inputs past them): it measures dropout only. The book's augmented "
-    f"small convnet reaches about {BOOK_AUGMENTED_ACCURACY:.2f}; cvpipe's scratch_aug applies the augmentation, "
-    "so compare it with both."
+    "applied (the walkthrough's model starts at Rescaling(1/255) on the raw inputs): it measures dropout only. "
+    "The book's augmented small convnet reaches about "
+    f"{BOOK_AUGMENTED_ACCURACY:.2f} (book and seed figures for scratch+aug span ~0.74-0.85); cvpipe's "
+    "scratch_aug applies the augmentation, so compare it with both. The VGG16 variants' Dense(256) head is "
+    "linear, as the seed's, unless train.head_activation says otherwise."
 )
 
 

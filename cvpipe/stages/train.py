@@ -41,7 +41,7 @@ from cvpipe.ml.device import (
     enable_determinism,
     resolve_precision,
 )
-from cvpipe.ml.models import build_model, compute_dtypes, load_model, loss_and_metrics, recast
+from cvpipe.ml.models import build_model, compute_dtypes, head_activation, load_model, loss_and_metrics, recast
 from cvpipe.ml.variants import Variant, get_variant
 from cvpipe.ml.weights import load_conv_base, weights_identity
 
@@ -96,6 +96,8 @@ class TrainSummary:
     """What ran in which dtype: ``base``, ``augmentation``, ``head`` (see :func:`cvpipe.ml.models.compute_dtypes`)."""
     conv_base: dict[str, Any] | None = None
     """The VGG16 weights' identity (spec, file, sha256) for a variant that builds the base from a spec."""
+    head_activation: str | None = None
+    """The dense head's Dense(256) activation as built (``linear``: the seed's); None without that head."""
 
 
 def run(
@@ -215,7 +217,16 @@ def train_variant(
 
     out_model.unlink(missing_ok=True)
     model = compile_variant(
-        variant, settings, train[0].shape[1:], policy, device, num_classes, conv_base, init_model, out_model
+        variant,
+        settings,
+        train[0].shape[1:],
+        policy,
+        device,
+        num_classes,
+        conv_base,
+        init_model,
+        out_model,
+        head_activation=cfg.head_activation,
     )
     logger.info(
         "training %s on %s (precision %s, jit_compile %s, compute dtypes %s)",
@@ -260,6 +271,7 @@ def compile_variant(
     conv_base: ConvBaseSpec | None = None,
     init_model: Path | None = None,
     out_model: Path | None = None,
+    head_activation: str | None = None,
 ) -> keras.Model:
     """Build ``variant``'s model under the dtype policy ``policy`` (in the multi-GPU scope) and compile it.
 
@@ -276,10 +288,11 @@ def compile_variant(
         conv_base: see :func:`train_variant`.
         init_model: see :func:`train_variant`.
         out_model: the file training will write, which ``init_model`` must not be.
+        head_activation: ``train.head_activation`` for a variant that builds the dense head (None: linear).
     """
     spec = get_variant(variant)
     with dtype_policy(policy), distribution_scope(device):
-        model = _build(spec, input_shape, num_classes, conv_base, init_model, out_model, policy)
+        model = _build(spec, input_shape, num_classes, conv_base, init_model, out_model, policy, head_activation)
         loss, metrics = loss_and_metrics(num_classes)
         model.compile(optimizer=make_optimizer(settings), loss=loss, metrics=metrics)
     return model
@@ -325,15 +338,17 @@ def _build(
     init_model: Path | None,
     out_model: Path | None,
     policy: str,
+    activation: str | None = None,
 ) -> keras.Model:
     """Build ``spec``'s model with its registered builder: from its parent's model, a conv base, or a shape."""
     if spec.parent is not None:
         # The parent's file keeps the dtypes it was trained under; this variant's policy is this run's.
         parent = recast(_parent_model(spec, init_model, num_classes, out_model), policy)
         return build_model(spec.builder, parent)
+    head = {"head_activation": activation} if spec.head else {}
     if spec.needs_base:
-        return build_model(spec.builder, _resolve_conv_base(spec, conv_base, input_shape, policy), num_classes)
-    return build_model(spec.builder, input_shape, num_classes)
+        return build_model(spec.builder, _resolve_conv_base(spec, conv_base, input_shape, policy), num_classes, **head)
+    return build_model(spec.builder, input_shape, num_classes, **head)
 
 
 def _resolve_conv_base(
@@ -407,4 +422,5 @@ def _summary(
         trainable_params=int(sum(np.prod(weight.shape) for weight in model.trainable_weights)),
         jit_compile=bool(model.jit_compile),
         compute_dtypes=compute_dtypes(model),
+        head_activation=head_activation(model),
     )

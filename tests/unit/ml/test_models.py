@@ -72,7 +72,19 @@ def test_dense_head_on_seed_features() -> None:
     # Flatten 12,800 -> Dense 256 (3,277,056) -> Dropout -> Dense 1 (257)
     assert head.count_params() == 3_277_313
     assert [type(layer).__name__ for layer in head.layers[1:]] == ["Flatten", "Dense", "Dropout", "Dense"]
-    assert head.layers[2].activation is keras.activations.relu
+    # The seed's Dense(256) is linear (train.head_activation: null), so "vs seed" compares the same model.
+    assert head.layers[2].activation is keras.activations.linear
+    assert models.head_activation(head) == "linear"
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
+def test_the_heads_activation_is_what_the_param_says(activation: str | None) -> None:
+    expected = activation or "linear"
+    assert models.head_activation(models.dense_head((1, 1, 512), head_activation=activation)) == expected
+    base = models.vgg16_conv_base((32, 32, 3))
+    frozen = models.frozen_base_classifier(base, head_activation=activation)
+    assert models.head_activation(frozen) == expected
+    assert models.head_activation(models.small_convnet((32, 32, 3))) is None  # no dense head there
 
 
 def test_frozen_base_classifier_trains_only_the_head(vgg16_180: keras.Model) -> None:

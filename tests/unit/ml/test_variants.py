@@ -19,8 +19,13 @@ FIVE = "scratch, scratch_aug, feature_extraction, feature_extraction_aug, fine_t
 def test_the_five_in_the_seeds_order_agree_with_the_config() -> None:
     assert variants.NAMES == config.VARIANTS
     assert ", ".join(variants.NAMES) == FIVE
-    sections = set(config.TrainConfig.model_fields) - {"seed", "deterministic"}
+    sections = set(config.TrainConfig.model_fields) - {"seed", "deterministic", "precision", "head_activation"}
     assert sections == set(variants.NAMES)
+
+
+def test_the_variants_with_the_dense_head_are_those_train_head_activation_reaches() -> None:
+    # fine_tuning inherits its parent's head; the scratch convnets have none.
+    assert [v.name for v in variants.VARIANTS if v.head] == ["feature_extraction", "feature_extraction_aug"]
 
 
 def test_builders_are_registered_and_parents_come_first() -> None:

@@ -92,3 +92,16 @@ def test_metrics_table_lists_the_seed_next_to_each_variant(outputs: Path) -> Non
     table = metrics_table(outputs / "reports/metrics").splitlines()
     assert table[2] == "| scratch | 0.610 | - | 0.500 | 0.700 | - | 20 | 0.697 |"
     assert table[3].startswith("| fine_tuning | 0.935 |") and table[3].endswith("| 0.977 |")
+
+
+def test_scratch_aug_shows_the_books_augmented_figure_beside_the_seeds(tmp_path: Path) -> None:
+    from cvpipe.report.sections import ReportInputs, metrics_section
+    from cvpipe.report.verdicts import BOOK_AUGMENTED_ACCURACY, SCRATCH_AUG_NOTE
+
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "scratch_aug.json").write_text(json.dumps({"accuracy": 0.8, "n_samples": 2000}))
+    html = metrics_section(ReportInputs(metrics=tmp_path / "metrics"))
+    # The seed's 0.744 ran without its augmentation layers: the note says so, the chart has the book's bar.
+    assert "never applied" in SCRATCH_AUG_NOTE and "0.744" in SCRATCH_AUG_NOTE
+    assert f"scratch_aug book (augmented): {BOOK_AUGMENTED_ACCURACY:.3f}" in html
+    assert "dropout only" in html

@@ -267,6 +267,44 @@ def test_each_variant_learns_and_keeps_its_best_epoch(trained: dict[str, dict[st
     }
 
 
+def test_the_head_is_the_seeds_linear_one_by_default_and_fine_tuning_inherits_it(
+    trained: dict[str, dict[str, Any]],
+) -> None:
+    heads = {variant: result["summary"].head_activation for variant, result in trained.items()}
+    assert heads == {
+        "scratch": None,
+        "scratch_aug": None,
+        "feature_extraction": "linear",
+        "feature_extraction_aug": "linear",
+        "fine_tuning": "linear",
+    }
+
+
+@pytest.mark.parametrize("variant", ["feature_extraction", "feature_extraction_aug"])
+def test_train_head_activation_reaches_both_variants_with_a_head(variant: str) -> None:
+    shape, extra = (1, 1, 512), {}
+    if variant == "feature_extraction_aug":
+        shape, extra = (32, 32, 3), {"conv_base": models.vgg16_conv_base}
+    model = train.compile_variant(variant, QUICK, shape, "float32", detect_device(), head_activation="relu", **extra)
+    assert models.head_activation(model) == "relu"
+    # The scratch variants have no such head: the param does not reach them.
+    scratch = train.compile_variant("scratch", QUICK, (32, 32, 3), "float32", detect_device(), head_activation="relu")
+    assert models.head_activation(scratch) is None
+
+
+def test_train_variant_builds_the_head_train_head_activation_names(
+    workdir: Path, data: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> None:
+    cfg = CFG.model_copy(update={"head_activation": "relu"})
+    out = workdir / "relu_head"
+    summary = train.train_variant(
+        "feature_extraction", cfg, data["feat_train"], data["feat_val"], out / "model.keras", out, live=False
+    )
+    assert summary.head_activation == "relu"
+    assert json.loads((out / layout.HISTORY_NAME).read_text())["summary"]["head_activation"] == "relu"
+    assert models.head_activation(models.load_model(out / "model.keras", compile=False)) == "relu"
+
+
 def test_fine_tuning_trains_block5_and_the_head_only(trained: dict[str, dict[str, Any]]) -> None:
     model = models.load_model(trained["fine_tuning"]["model"], compile=False)
     base = models.find_conv_base(model)
