@@ -25,8 +25,9 @@ from cvpipe.pipeline.repro import StageOutcome, run_stage
 
 log = logging.getLogger(__name__)
 
-TRAIN_FAMILY = "train"
-DOWNLOAD_FAMILY = "download"
+# Stage families by what they do: the network fetchers get retries, the trainers a time limit.
+TRAIN_FAMILIES = ("train", "mnist_train")
+NETWORK_FAMILIES = ("download", "mnist_data")
 GPU_TAG = "gpu"
 
 
@@ -35,7 +36,7 @@ class StagePolicy:
     """How the flow treats stage families.
 
     Attributes:
-        download_retries: retries of the download stage (the only one that touches the network).
+        download_retries: retries of the stages that touch the network (the download, MNIST's data).
         download_backoff_seconds: the first retry's delay; it doubles each retry, with jitter.
         retry_jitter_factor: each delay is randomised up to this fraction, so many runs do not retry together.
         train_timeout_s: time limit of each training stage (``None``: none).
@@ -47,14 +48,14 @@ class StagePolicy:
     download_backoff_seconds: float = 60.0
     retry_jitter_factor: float = 0.5
     train_timeout_s: float | None = 6 * 3600.0
-    gpu_families: tuple[str, ...] = ("features", TRAIN_FAMILY, "evaluate")
+    gpu_families: tuple[str, ...] = ("features", *TRAIN_FAMILIES, "evaluate", "mnist_evaluate")
 
     def task_options(self, stage: str) -> dict[str, Any]:
-        """Options for ``dvc_stage.with_options`` for ``stage``: retries for the download only, tags."""
+        """Options for ``dvc_stage.with_options`` for ``stage``: retries for the network stages only, tags."""
         options: dict[str, Any] = {"tags": [f"stage:{family(stage)}"]}
         if self.uses_gpu(stage):
             options["tags"].append(GPU_TAG)
-        if family(stage) == DOWNLOAD_FAMILY and self.download_retries > 0:
+        if family(stage) in NETWORK_FAMILIES and self.download_retries > 0:
             options.update(
                 retries=self.download_retries,
                 retry_delay_seconds=exponential_backoff(backoff_factor=self.download_backoff_seconds),
@@ -67,7 +68,7 @@ class StagePolicy:
 
     def timeout_s(self, stage: str) -> float | None:
         """The time limit for ``stage``: training stages only."""
-        return self.train_timeout_s if family(stage) == TRAIN_FAMILY else None
+        return self.train_timeout_s if family(stage) in TRAIN_FAMILIES else None
 
     def uses_gpu(self, stage: str) -> bool:
         """Whether ``stage`` needs one of the run's GPU slots."""

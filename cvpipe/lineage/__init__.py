@@ -7,15 +7,12 @@ a :class:`~cvpipe.lineage.record.StageRun` without importing ``record``, so neit
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from cvpipe.lineage.record import StageRun, begin_stage, build_record, events_file, hash_outputs, write_record
 
 __all__ = ["StageRun", "track_stage"]
-
-log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -59,6 +56,4 @@ def track_stage(
     hash_outputs(run)
     emitter.complete(run)
     write_record(run, build_record(run, "completed", emitter.stats()))
-    emitter.close()
-    if emitter.failed:
-        log.warning("%s: %d OpenLineage event(s) could not be sent (see above)", run.stage, emitter.failed)
+    emitter.close()  # a failed send has already logged its one warning

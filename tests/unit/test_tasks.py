@@ -39,6 +39,15 @@ def test_policy_times_out_training_only_and_tags_gpu_stages() -> None:
     assert policy.task_options("split")["tags"] == ["stage:split"]
 
 
+def test_mnist_stages_get_the_network_and_training_policies_of_their_kind() -> None:
+    policy = StagePolicy(download_retries=2, train_timeout_s=60.0)
+    assert policy.task_options("mnist_data")["retries"] == 2
+    assert policy.timeout_s("mnist_train") == 60.0
+    assert "gpu" in policy.task_options("mnist_train")["tags"]
+    assert "gpu" in policy.task_options("mnist_evaluate")["tags"]
+    assert policy.timeout_s("mnist_evaluate") is None
+
+
 def _peaks(slots: Slots, stages: list[str]) -> tuple[int, int]:
     """Run ``stages`` on one thread each within ``slots``; the most running at once, in all and on the GPU."""
     lock = threading.Lock()
