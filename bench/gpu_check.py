@@ -6,6 +6,9 @@ Runs the library's own code (``cvpipe.stages.features.extract_features``, ``cvpi
 table: per variant the epochs, seconds, seconds per epoch after the first (which carries XLA's compilation),
 images/s, model FLOP/s and their fraction of the accelerator's measured bf16 matrix rate, peak accelerator
 memory, test accuracy; and the whole experiment's wall time against the target (5 minutes on one H200).
+It also checks the fast path (issue 16) for every variant, from its training summary: compiled by XLA
+(``jit_compile``), bfloat16 in the VGG16 base (and the small convnet's convs) under ``auto`` on a bf16 GPU, and
+the augmentation in float32; a failed check is listed under the table and the exit code is 1.
 
 Made for the lent GPU machine, which has JAX but no TensorFlow and no internet: it needs only NumPy, JAX, Keras
 and pydantic/PyYAML (for ``cvpipe.config``); ``bench/gpu/run.sh`` installs Keras and the rest from carried
@@ -289,6 +292,8 @@ class Row:
     test_accuracy: float = float("nan")
     precision: str = ""
     note: str = ""
+    jit_compile: bool | None = None
+    compute_dtypes: dict[str, str | None] | None = None
 
 
 @dataclasses.dataclass
@@ -303,6 +308,32 @@ class Report:
     experiment_seconds: float = float("nan")
     total_seconds: float = float("nan")
     complete: bool = False
+    checks: list[str] = dataclasses.field(default_factory=list)
+    """One line per fast-path check (issue 16), ``ok: ...`` or ``FAILED: ...``."""
+
+    @property
+    def failed(self) -> list[str]:
+        """The checks that failed."""
+        return [line for line in self.checks if line.startswith("FAILED")]
+
+
+def fast_path_checks(row: Row, expect_bf16: bool) -> list[str]:
+    """What issue 16 requires of a trained variant on the device: compiled, bf16 in the base, float32 augmentation.
+
+    Args:
+        row: a variant's row (``jit_compile`` and ``compute_dtypes`` from its training summary).
+        expect_bf16: the run's precision is bfloat16 (a GPU of compute capability 8.0+ under ``auto``).
+    """
+    dtypes = row.compute_dtypes or {}
+    wanted = {"jit_compile": (row.jit_compile, True)}
+    if dtypes.get("augmentation") is not None:
+        wanted["augmentation"] = (dtypes["augmentation"], "float32")
+    if expect_bf16 and dtypes.get("base") is not None:
+        wanted["base"] = (dtypes["base"], "bfloat16")
+    return [
+        f"{'ok' if found == expected else 'FAILED'}: {row.name} {key} {found} (expected {expected})"
+        for key, (found, expected) in wanted.items()
+    ]
 
 
 def _num(value: float, digits: int = 1) -> str:
@@ -339,6 +370,9 @@ def render_markdown(report: Report) -> str:
             f"| {_num(100 * row.peak_fraction)}% | {_gib(row.peak_memory)} | {_num(row.test_accuracy, 3)} "
             f"| {row.precision} | {row.note} |"
         )
+    if report.checks:
+        lines += ["", "Fast-path checks (every variant compiled, bf16 in the VGG16 base, float32 augmentation):", ""]
+        lines += [f"- {line}" for line in report.checks]
     verdict = "PASS" if report.experiment_seconds <= TARGET_SECONDS else "MISS"
     if not report.complete:
         verdict = "INCOMPLETE (stopped early)"
@@ -427,7 +461,7 @@ def run_variant(
     work: Path,
     bf16_rate: float,
     *,
-    mixed_precision: bool | None = None,
+    precision: str = "auto",
     workers: int = 1,
 ) -> Row:
     """Train one variant with the library, then evaluate it on the test split; return its row.
@@ -438,7 +472,7 @@ def run_variant(
         data: ``{split: (inputs, labels)}``: images, or VGG16 features for feature_extraction.
         work: folder for models, histories, metrics.
         bf16_rate: the measured matrix rate, FLOP/s.
-        mixed_precision: ``train_variant``'s switch (None: on exactly when a GPU is present).
+        precision: ``train_variant``'s precision (``auto``: bf16 on a GPU of compute capability 8.0+).
         workers: ``train_variant``'s PyDataset reader threads.
     """
     from cvpipe.config import EvaluateConfig
@@ -458,7 +492,7 @@ def run_variant(
         work / "train" / variant,
         conv_base="none" if variant == "feature_extraction_aug" else None,
         init_model=work / "models" / "feature_extraction_aug.keras" if variant == "fine_tuning" else None,
-        mixed_precision=mixed_precision,
+        precision=precision,
         callbacks=[timer],
         workers=workers,
         live=False,  # dvclive imports DVC, which the GPU machine does not have
@@ -493,7 +527,10 @@ def run_variant(
         peak_memory=peak_memory_bytes(),
         test_accuracy=float(metrics["accuracy"]),
         precision=summary.precision,
-        note=f"best epoch {summary.best_epoch}",
+        note=f"best epoch {summary.best_epoch}; jit {summary.jit_compile}; base/augmentation/head "
+        + "/".join(str(summary.compute_dtypes[key]) for key in ("base", "augmentation", "head")),
+        jit_compile=summary.jit_compile,
+        compute_dtypes=summary.compute_dtypes,
     )
     return row
 
@@ -563,10 +600,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Report:
                     data,
                     work,
                     report.bf16_rate,
-                    mixed_precision=args.mixed_precision,
+                    precision=args.precision,
                     workers=args.workers,
                 )
             )
+            row = report.rows[-1]
+            report.checks += fast_path_checks(row, expect_bf16=row.precision == "mixed_bfloat16")
             _finish_stage(report, started, out)
     report.complete = True
     report.total_seconds = time.perf_counter() - started
@@ -615,10 +654,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
     parser.add_argument("--workers", type=int, default=1, help="train_variant's reader threads (its default 1)")
     parser.add_argument(
-        "--mixed-precision",
-        choices=("auto", "on", "off"),
+        "--precision",
+        choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
         default="auto",
-        help="auto: the library's choice (bf16 on a GPU that has it, float32 on CPU)",
+        help="train.precision; auto: the library's choice (bf16 on a GPU or CPU that has it)",
     )
     parser.add_argument("--matmul-size", type=int, default=0, help="bf16 benchmark side (default 8192 GPU, 512 CPU)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic data seed")
@@ -634,7 +673,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if "fine_tuning" in names and "feature_extraction_aug" not in names:
         parser.error("fine_tuning starts from feature_extraction_aug's model: include feature_extraction_aug")
     args.variants = [name for name in VARIANTS if name in names]  # the seed's order: fine_tuning after its parent
-    args.mixed_precision = {"auto": None, "on": True, "off": False}[args.mixed_precision]
     args.out = args.out or default_out()
     if min(args.per_class) < 1 or args.size < 32 or args.batch_size < 1:
         parser.error("--per-class values must be >= 1, --size >= 32 (VGG16's minimum), --batch-size >= 1")
@@ -659,7 +697,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run(args, ["bench/gpu_check.py", *argv])
     print(render_markdown(report))
     print(f"written: {args.out} and {args.out.with_suffix('.json')}")
-    return 0
+    for line in report.failed:
+        print(f"gpu_check: {line}", file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ BENCHMARKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("decode", "decode_speed", ("decode",)),
     ("epoch-input", "epoch_input", ("epoch-input",)),
     ("features", "features_speed", ("features",)),
+    ("precision", "precision", ("precision-epoch", "precision-guard")),
     ("dag", "dag_scale", ("noop", "memory")),
     ("demo", "demo_time", ("demo",)),
 )

@@ -40,7 +40,6 @@ from cvpipe.io import write_bytes_atomic, write_json_atomic, write_parquet
 from cvpipe.ml.arrays import IN_MEMORY_BYTES, ArrayBatches, fits_in_memory, load_split
 from cvpipe.ml.metrics import Uncertainty, classification_metrics, predicted_labels, roc_curve
 from cvpipe.ml.models import load_model, recast, walk_layers
-from cvpipe.ml.predictions import predictions_frame, split_rows
 from cvpipe.ml.variants import get_variant
 
 logger = logging.getLogger(__name__)
@@ -111,7 +110,12 @@ def run(
     paths = paths or EvaluatePaths.default(variant)
     inputs, labels = load_split(paths.inputs, "test")
     # Named before the model runs, so a cache from another split version fails in one line at once.
-    rows = split_rows(paths.splits, "test", len(labels)) if paths.predictions is not None else None
+    rows = None
+    if paths.predictions is not None:
+        # Imported here: it needs pandas, which evaluate_model alone does not (the GPU check's machine lacks it).
+        from cvpipe.ml.predictions import split_rows
+
+        rows = split_rows(paths.splits, "test", len(labels))
     metrics = evaluate_model(
         paths.model,
         inputs,
@@ -172,6 +176,8 @@ def evaluate_model(
     metrics = classification_metrics(labels, probabilities, class_names, cfg.threshold, uncertainty)
     _write_outputs(metrics, labels, probabilities, class_names, cfg.threshold, Path(out_metrics), Path(out_plots_dir))
     if out_predictions is not None:
+        from cvpipe.ml.predictions import predictions_frame
+
         frame = predictions_frame(rows, probabilities, predicted_labels(probabilities, cfg.threshold), class_names)
         write_parquet(frame, Path(out_predictions))
     logger.info(

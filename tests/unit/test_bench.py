@@ -179,7 +179,7 @@ def test_dag_overrides_are_valid_params(tmp_path: Path) -> None:
 
 def test_run_all_lists_every_module() -> None:
     ids = [i for _, _, group in run_all.BENCHMARKS for i in group]
-    assert ids == ["decode", "epoch-input", "features", "noop", "memory", "demo"]
+    assert ids == ["decode", "epoch-input", "features", "precision-epoch", "precision-guard", "noop", "memory", "demo"]
     for _, module, _ in run_all.BENCHMARKS:
         assert (REPO / "bench" / f"{module}.py").is_file()
 

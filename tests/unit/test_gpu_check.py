@@ -159,7 +159,7 @@ def test_parse_args_orders_variants_and_needs_fine_tunings_parent(monkeypatch: p
     args = gpu_check.parse_args(["--variants", "fine_tuning,scratch,feature_extraction_aug"])
     assert args.variants == ["scratch", "feature_extraction_aug", "fine_tuning"]
     assert args.per_class == [1000, 500, 1000] and args.size == 180 and args.batch_size == 32
-    assert args.mixed_precision is None
+    assert args.precision == "auto"
     assert args.out.parent == ROOT / "bench" / "results"
     with pytest.raises(SystemExit):
         gpu_check.parse_args(["--variants", "fine_tuning"])
@@ -380,3 +380,26 @@ def test_tiny_cpu_run_fills_the_table(tmp_path: Path) -> None:
     for name in names:
         assert f"| {name} |" in markdown
     assert "VGG16 weights: none" in markdown and "target <= 300 s" in markdown
+
+
+def test_fast_path_checks_name_what_did_not_compile_or_kept_the_wrong_dtype() -> None:
+    good = gpu_check.Row(
+        name="fine_tuning",
+        jit_compile=True,
+        compute_dtypes={"base": "bfloat16", "augmentation": "float32", "head": "bfloat16"},
+    )
+    assert all(line.startswith("ok") for line in gpu_check.fast_path_checks(good, expect_bf16=True))
+    bad = gpu_check.Row(
+        name="scratch_aug",
+        jit_compile=False,
+        compute_dtypes={"base": "float32", "augmentation": "bfloat16", "head": "float32"},
+    )
+    failed = [line for line in gpu_check.fast_path_checks(bad, expect_bf16=True) if line.startswith("FAILED")]
+    assert len(failed) == 3 and "scratch_aug jit_compile False (expected True)" in failed[0]
+    head_only = gpu_check.Row(name="feature_extraction", jit_compile=True, compute_dtypes={"base": None})
+    assert gpu_check.fast_path_checks(head_only, expect_bf16=True) == [
+        "ok: feature_extraction jit_compile True (expected True)"
+    ]
+    report = gpu_check.Report(machine={"date": "2026-01-02"}, settings={"matmul_size": 1})
+    report.checks = gpu_check.fast_path_checks(bad, expect_bf16=False)
+    assert report.failed and "Fast-path checks" in gpu_check.render_markdown(report)
