@@ -298,25 +298,27 @@ def load_decoders() -> None:
     _cv2()
 
 
-_scratch = np.empty(0, dtype=np.uint8)
+_buffers: dict[str, np.ndarray] = {}
 
 
-def _scratch_for(nbytes: int) -> np.ndarray:
-    """This process's reusable decode buffer, grown to at least ``nbytes``.
+def _reusable(name: str, nbytes: int) -> np.ndarray:
+    """This process's reusable buffer ``name`` (flat uint8), grown to at least ``nbytes``.
 
     A fresh array per image (~0.3 MB) would come back from the allocator as new pages every time, and the
     kernel's page faults and zeroing cost a third as much as the decode itself.
     """
-    global _scratch
-    if _scratch.nbytes < nbytes:
-        _scratch = np.empty(max(nbytes, 2 * _scratch.nbytes), dtype=np.uint8)
-    return _scratch
+    buffer = _buffers.get(name)
+    if buffer is None or buffer.nbytes < nbytes:
+        buffer = _buffers[name] = np.empty(max(nbytes, 2 * (0 if buffer is None else buffer.nbytes)), dtype=np.uint8)
+    return buffer
 
 
-def _decode_plain_jpeg(data: bytes, size: int) -> np.ndarray | None:
-    """Decode a YCbCr/greyscale JPEG without EXIF rotation at its draft scale, as RGB; None for any other.
+def _decode_plain_rgbx(data: bytes, size: int) -> np.ndarray | None:
+    """Decode a YCbCr/greyscale JPEG without EXIF rotation at its draft scale as ``H x W x 4`` RGBX; else None.
 
-    The array returned is a view of this process's scratch buffer, valid until the next call.
+    RGBX (the fourth byte is padding) because OpenCV's exact resize is twice as fast on four channels as on
+    three; libjpeg-turbo writes the same R, G, B at the same cost. The array returned is a view of this
+    process's decode buffer, valid until the next call.
     """
     if not data.startswith(_JPEG_SOI) or jpeg_orientation(data) != 1:
         return None
@@ -326,17 +328,30 @@ def _decode_plain_jpeg(data: bytes, size: int) -> np.ndarray | None:
         if colorspace not in _FAST_COLORSPACES:
             return None
         scale = draft_scale(width, height, size)
-        shape = (-(-height // scale), -(-width // scale), 3)
+        shape = (-(-height // scale), -(-width // scale), 4)
         # simplejpeg picks the smallest libjpeg-turbo scale giving at least these sides: 1/scale exactly.
-        buffer = _scratch_for(shape[0] * shape[1] * 3)
-        array = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=shape[0], min_width=shape[1], buffer=buffer)
+        buffer = _reusable("decode", shape[0] * shape[1] * 4)
+        array = simplejpeg.decode_jpeg(data, colorspace="RGBX", min_height=shape[0], min_width=shape[1], buffer=buffer)
     except ValueError:  # undecodable, or a warning in strict mode: Pillow decides (and reports) instead
         return None
     return array if array.shape == shape else None
 
 
+def _decode_plain_jpeg(data: bytes, size: int) -> np.ndarray | None:
+    """Decode a YCbCr/greyscale JPEG without EXIF rotation at its draft scale, as RGB; None for any other.
+
+    The array returned views this process's decode buffer (its RGBX pixels), valid until the next call.
+    """
+    rgbx = _decode_plain_rgbx(data, size)
+    return None if rgbx is None else rgbx[..., :3]
+
+
 def squash(array: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
-    """Resize an ``H x W x 3`` uint8 image to ``size x size x 3`` by the policy's bilinear interpolation.
+    """Resize an ``H x W x 3`` RGB (or ``H x W x 4`` RGBX) uint8 image to ``size x size x 3`` by the policy's bilinear.
+
+    The result is OpenCV's ``INTER_LINEAR_EXACT`` of the RGB image, computed on four channels: that resize
+    treats channels independently (bit-exact by design, and tested against the three-channel call) and its
+    four-channel kernel takes half the time of the three-channel one in OpenCV's builds.
 
     Args:
         array: the image.
@@ -346,12 +361,18 @@ def squash(array: np.ndarray, size: int, out: np.ndarray | None = None) -> np.nd
     """
     target = out if out is not None else np.empty((size, size, 3), dtype=np.uint8)
     if array.shape[:2] == (size, size):
-        target[...] = array
+        target[...] = array[..., :3]
         return target
     cv2 = _cv2()
-    resized = cv2.resize(np.ascontiguousarray(array), (size, size), dst=target, interpolation=cv2.INTER_LINEAR_EXACT)
-    if resized is not target:  # OpenCV writes into dst when it fits; never rely on it silently
-        target[...] = resized
+    if array.shape[2] != 4:
+        height, width = array.shape[:2]
+        wide = _reusable("widen", height * width * 4)[: height * width * 4].reshape(height, width, 4)
+        array = cv2.cvtColor(np.ascontiguousarray(array), cv2.COLOR_RGB2RGBA, dst=wide)
+    small = _reusable("squash", size * size * 4)[: size * size * 4].reshape(size, size, 4)
+    resized = cv2.resize(np.ascontiguousarray(array), (size, size), dst=small, interpolation=cv2.INTER_LINEAR_EXACT)
+    narrowed = cv2.cvtColor(resized, cv2.COLOR_RGBA2RGB, dst=target)
+    if narrowed is not target:  # OpenCV writes into dst when it fits; never rely on it silently
+        target[...] = narrowed
     return target
 
 
@@ -366,7 +387,7 @@ def load_rgb(data: bytes, size: int, out: np.ndarray | None = None) -> np.ndarra
     Raises:
         Whatever Pillow raises for undecodable data.
     """
-    array = _decode_plain_jpeg(data, size)
+    array = _decode_plain_rgbx(data, size)
     if array is None:
         array = np.asarray(decode_oriented(data, draft_size=size), dtype=np.uint8)
     return squash(array, size, out)
