@@ -221,6 +221,21 @@ class EvaluateConfig(StrictModel):
     calibration_bins: Annotated[int, Field(ge=2, le=100)] = 10
 
 
+class EmbeddingAuditConfig(StrictModel):
+    """The embedding leakage audit (``cvpipe.stages.embedding_audit``): cosine similarity of pooled VGG16 vectors.
+
+    Pairs of images in two different splits whose global-average-pooled, (``center``: mean-subtracted,)
+    L2-normalised feature vectors have a cosine similarity of at least ``threshold`` are listed; more than
+    ``max_cross_split_pairs`` fails the stage after its report; more than ``max_pairs`` stops it with one line
+    (a threshold too loose for the features). Not meaningful with ``features.weights: none``.
+    """
+
+    threshold: Annotated[float, Field(gt=-1.0, le=1.0)] = 0.95
+    center: bool = True
+    max_cross_split_pairs: NonNegativeInt = 0
+    max_pairs: PositiveInt = 100_000
+
+
 class AuditConfig(StrictModel):
     """The audit stage: exact and near-duplicate images within and across splits.
 
@@ -240,6 +255,7 @@ class AuditConfig(StrictModel):
     label_seed: Seed = 0
     label_l2: Annotated[float, Field(ge=0.0)] = 1e-3
     label_steps: PositiveInt = 600
+    embedding: EmbeddingAuditConfig = EmbeddingAuditConfig()
 
 
 class ReportConfig(StrictModel):

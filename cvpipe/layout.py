@@ -136,6 +136,7 @@ CALIBRATION_NAME = "calibration.csv"  # inside a variant's plots folder: the rel
 PREDICTIONS_DIR = Path("reports/predictions")
 EMBEDDING_AUDIT_REPORT = AUDIT_DIR / "embedding.json"  # cross-split pairs by VGG16 cosine similarity
 EMBEDDING_AUDIT_METRICS = AUDIT_DIR / "embedding_metrics.json"
+EMBEDDING_AUDIT_THUMBNAILS = AUDIT_DIR / "embedding_thumbnails"  # side-by-side pairs, from the archive
 LABEL_ISSUES = AUDIT_DIR / "label_issues.parquet"  # suspected mislabels, ranked by self-confidence
 LABEL_AUDIT_METRICS = AUDIT_DIR / "label_metrics.json"
 

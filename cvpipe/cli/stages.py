@@ -381,3 +381,39 @@ def label_audit(
     ) as run:
         summary = run.summary = stage.run(cfg, paths)
     log.info("label audit: %d suspected mislabel(s) of %d images", summary.issues, summary.images)
+
+
+@app.command("embedding-audit")
+def embedding_audit(
+    cache: Annotated[Path, typer.Option("--features", help="The VGG16 features cache.")] = layout.FEATURES_CACHE,
+    splits: Annotated[Path, typer.Option(help="The split table (names the rows).")] = layout.SPLITS,
+    archive: Annotated[Path, typer.Option(help="The raw archive (for thumbnails).")] = layout.ARCHIVE,
+    # Not named `report`: that is the report command's function in this module.
+    report_file: Annotated[
+        Path, typer.Option("--report", help="Report JSON to write.")
+    ] = layout.EMBEDDING_AUDIT_REPORT,
+    metrics: Annotated[Path, typer.Option(help="Counts JSON to write.")] = layout.EMBEDDING_AUDIT_METRICS,
+    thumbnails: Annotated[
+        Path, typer.Option(help="Folder for the pairs' thumbnails.")
+    ] = layout.EMBEDDING_AUDIT_THUMBNAILS,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Embedding-audit stage: image pairs across splits by VGG16 cosine similarity; fails beyond audit.embedding.*."""
+    from cvpipe.stages import embedding_audit as stage
+
+    cfg = read_params(params)
+    paths = stage.EmbeddingAuditPaths(
+        features=cache, splits=splits, archive=archive, report=report_file, metrics=metrics, thumbnails=thumbnails
+    )
+    with track_stage(
+        "embedding_audit",
+        inputs=[cache, splits, archive],
+        outputs=[report_file, metrics, thumbnails],
+        params_file=params,
+        sections=["audit"],
+    ) as run:
+        summary = run.summary = stage.run(cfg, paths)
+    meaning = "" if summary.meaningful else " (random VGG16 weights: not meaningful)"
+    log.info(
+        "embedding audit: %d cross-split pair(s) of %d images%s", summary.cross_split_pairs, summary.images, meaning
+    )

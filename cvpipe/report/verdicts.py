@@ -156,7 +156,8 @@ def embedding_section(report_path: Path, images_dir: Path, thumbnails: int) -> s
             "(features.weights: none), so similar vectors do not mean similar images.</p>"
         )
     verdict = "passed" if summary.get("passed") else "FAILED"
-    parts.append(f'<p class="verdict {verdict.lower()}">Embedding leakage audit {verdict}.</p>')
+    qualifier = "" if summary.get("meaningful", True) else " (not meaningful with random weights: never fails)"
+    parts.append(f'<p class="verdict {verdict.lower()}">Embedding leakage audit {verdict}{qualifier}.</p>')
     keys = [
         ("features", summary.get("weights")),
         ("cosine threshold", summary.get("threshold")),
@@ -166,12 +167,19 @@ def embedding_section(report_path: Path, images_dir: Path, thumbnails: int) -> s
     ]
     parts.append(table(["", ""], [[f"<th>{esc(k)}</th>", td(v)] for k, v in keys], "facts"))
     pairs = report.get("pairs") or []
-    rows = []
+    rows, files = [], []
     for pair in pairs[:thumbnails]:
+        # The stage's side-by-side thumbnail from the archive, else the two decoded-cache images.
+        path = Path(report_path).parent / pair["thumbnail"] if pair.get("thumbnail") else None
+        if path is not None and path.is_file():
+            files.append(f'<img src="{jpeg_data_uri(path.read_bytes())}" alt="{esc(pair["a"])} and {esc(pair["b"])}">')
+            continue
         a = _tiles(images_dir, pair["a_split"], [pair["a_row"]])
         b = _tiles(images_dir, pair["b_split"], [pair["b_row"]])
         if a and b:
             rows.append([a[0], b[0]])
+    if files:
+        parts.append(f'<div class="fig">{"".join(files)}</div>')
     if rows:
         parts.append(f'<div class="fig">{_grid(rows, "cross-split pairs by embedding")}</div>')
     if pairs:

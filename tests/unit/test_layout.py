@@ -43,6 +43,7 @@ def expected_outs(name: str) -> list[Path]:
         "audit": [layout.AUDIT_REPORT, layout.AUDIT_THUMBNAILS],
         "report": [layout.REPORT_HTML],
         "label_audit": [layout.LABEL_ISSUES],
+        "embedding_audit": [layout.EMBEDDING_AUDIT_REPORT, layout.EMBEDDING_AUDIT_THUMBNAILS],
     }
     mnist = {
         "mnist_data": [layout.MNIST_CACHE],
@@ -65,6 +66,8 @@ def expected_metrics(name: str) -> list[Path]:
         return [layout.metrics_file(variant_of(name))]
     if name == "label_audit":
         return [layout.LABEL_AUDIT_METRICS]
+    if name == "embedding_audit":
+        return [layout.EMBEDDING_AUDIT_METRICS]
     return [layout.AUDIT_METRICS] if name == "audit" else []
 
 
