@@ -11,7 +11,8 @@ each contender in its own process, set up and warmed before its one timed pass:
   simplejpeg at the policy's scale in a process per core, and ``tf.io.decode_jpeg(ratio=...)`` in tf.data
   with AUTOTUNE. The faster of the two is the limit the stage is held to.
 
-Targets: >= 2x the seed's images/s, and within 1.3x of the decode limit's time.
+Target (issue 16): within 1.3x of the decode limit's time, on wall time; CPU time is reported beside it. The
+seed's ratio is reported, not judged (issue 6 asked for 2x; the decode limit alone is ~1.5x the seed here).
 
     .venv/bin/python -m bench.decode_speed [--images 2000] [--rounds 3]
 """
@@ -20,18 +21,21 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import time
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench import common
 
 SIZE = 180
 BATCH = 32
-SPEED_TARGET = 2.0
 LIMIT_TARGET = 1.3
+TARGET = f"<= {LIMIT_TARGET}x the decode limit's time"
 _WARM_IMAGES = 64
 
 
@@ -111,36 +115,85 @@ SIDES = {"cvpipe": cvpipe, "simplejpeg_dct": simplejpeg_dct, "seed": seed, "tf_d
 # ---------------------------------------------------------------------------------------------- per image
 
 
-def per_image_costs(archive: Path, members: Sequence[str], size: int, sample: int = 200) -> dict[str, float]:
-    """Milliseconds per image on one core for each step of the decode stage (best of 5 passes)."""
+def _fresh_file_write(path: Path, rows: np.ndarray) -> None:
+    """Write ``rows`` into a new file 2 MiB at a time, as a decode worker does (the page cache's first touch)."""
+    path.unlink(missing_ok=True)
+    flat = memoryview(rows).cast("B")
+    step = 2 << 20
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        os.ftruncate(fd, len(flat))
+        for offset in range(0, len(flat), step):
+            os.pwrite(fd, flat[offset : offset + step], offset)
+    finally:
+        os.close(fd)
+
+
+def per_image_costs(
+    archive: Path, members: Sequence[str], size: int, scratch: Path, sample: int = 300
+) -> dict[str, float]:
+    """CPU milliseconds per image on one core for each step of the decode stage (best of 5 passes, thread time).
+
+    CPU time, not wall time: on a shared machine other processes stretch wall time step by step.
+    """
+    import cv2
+    import simplejpeg
     from PIL import Image
 
-    from cvpipe.imaging.images import _decode_plain_jpeg, load_rgb, squash
+    from cvpipe.imaging import images
+    from cvpipe.imaging.archive import ArchiveReader, locate_members
 
-    with zipfile.ZipFile(archive) as zf:
-        names = list(members)[:: max(1, len(members) // sample)]
-        blobs = [zf.read(name) for name in names]
+    images.load_decoders()
+    table = locate_members(archive, list(members)[:: max(1, len(members) // sample)])
+    with ArchiveReader(archive) as reader:
+        blobs = [reader.read(member) for member in table]
+        headers = [simplejpeg.decode_jpeg_header(blob) for blob in blobs]
+        scales = [images.draft_scale(width, height, size) for height, width, _, _ in headers]
+        sides = [(-(-height // s), -(-width // s)) for (height, width, _, _), s in zip(headers, scales, strict=True)]
+        rgbx = [images._decode_plain_rgbx(blob, size).copy() for blob in blobs]
+        rgb = [np.ascontiguousarray(array[..., :3]) for array in rgbx]
+        rows = np.empty((len(blobs), size, size, 3), dtype=np.uint8)
+        buffer = np.empty(4 * max(h * w for h, w in sides), dtype=np.uint8)
 
         def pillow_antialiased(data: bytes) -> object:
             image = Image.open(io.BytesIO(data))
             image.draft("RGB", (size, size))
             return image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
 
-        decoded = [_decode_plain_jpeg(blob, size) for blob in blobs]
+        def exact_3(i: int) -> object:
+            return cv2.resize(rgb[i], (size, size), dst=rows[i], interpolation=cv2.INTER_LINEAR_EXACT)
+
+        def limit(i: int) -> object:
+            return simplejpeg.decode_jpeg(blobs[i], min_height=sides[i][0], min_width=sides[i][1])
+
+        def into_buffer(i: int) -> object:
+            return simplejpeg.decode_jpeg(
+                blobs[i], colorspace="RGBX", min_height=sides[i][0], min_width=sides[i][1], buffer=buffer
+            )
+
         steps: dict[str, Callable[[int], object]] = {
-            "zip read (with CRC check)": lambda i: zf.read(names[i]),
-            "DCT-scaled decode (simplejpeg)": lambda i: _decode_plain_jpeg(blobs[i], size),
-            "squash (OpenCV INTER_LINEAR_EXACT)": lambda i: squash(decoded[i], size),
-            "whole load_rgb": lambda i: load_rgb(blobs[i], size),
+            "zip read by offset (CRC checked)": lambda i: reader.read(table[i]),
+            "EXIF orientation + header parse": lambda i: (images.jpeg_orientation(blobs[i]), headers[i]),
+            "DCT-scaled decode, the limit's call (new RGB array)": limit,
+            "DCT-scaled decode, RGBX into the reused buffer": into_buffer,
+            "squash, 4 channels (RGBX -> resize -> RGB row)": lambda i: images.squash(rgbx[i], size, out=rows[i]),
+            "squash, 3 channels (before)": exact_3,
+            "whole load_rgb into a row": lambda i: images.load_rgb(blobs[i], size, out=rows[i]),
             "old policy: Pillow draft + antialiased BILINEAR": lambda i: pillow_antialiased(blobs[i]),
         }
         best = {name: float("inf") for name in steps}
         for _ in range(5):
             for name, step in steps.items():
-                started = time.perf_counter()
+                started = time.thread_time()
                 for index in range(len(blobs)):
                     step(index)
-                best[name] = min(best[name], (time.perf_counter() - started) / len(blobs) * 1e3)
+                best[name] = min(best[name], (time.thread_time() - started) / len(blobs) * 1e3)
+            started = time.thread_time()
+            _fresh_file_write(scratch / "rows.bin", rows)
+            write = (time.thread_time() - started) / len(blobs) * 1e3
+            best["rows written into a new file (page cache)"] = min(
+                best.get("rows written into a new file (page cache)", float("inf")), write
+            )
     return best
 
 
@@ -161,7 +214,7 @@ def run(images: int = 2000, rounds: int = 3, size: int = SIZE, cache: Path | Non
             "tf_dct": tf_side,
         }
         times = common.alternate("decode_speed", sides, rounds)
-        costs = per_image_costs(archive, members, size)
+        costs = per_image_costs(archive, members, size, work)
     rate = {name: images / common.median(timing.wall) for name, timing in times.items()}
     cpu_ms = {name: common.median(timing.cpu) / images * 1e3 for name, timing in times.items()}
     limit_name = max(("simplejpeg_dct", "tf_dct"), key=lambda name: rate[name])
@@ -184,8 +237,9 @@ def run(images: int = 2000, rounds: int = 3, size: int = SIZE, cache: Path | Non
             f"(wall rounds: {common.runs(times[name].wall)})"
             for name in labels
         ],
-        f"judged on wall time: {speedup:.2f}x the seed's images/s (target >= {SPEED_TARGET}x); "
-        f"{to_limit:.2f}x the time of the faster decode limit, {limit_name} (target <= {LIMIT_TARGET}x)",
+        f"judged on wall time: {to_limit:.2f}x the time of the faster decode limit, {limit_name} "
+        f"(target <= {LIMIT_TARGET}x); {speedup:.2f}x the seed's images/s (reported, not judged: the decode limit "
+        f"itself is {rate[limit_name] / rate['seed']:.2f}x the seed here)",
         f"on CPU time (what a machine to itself would give, the load others put on it aside): "
         f"{cpu_ms['seed'] / cpu_ms['cvpipe']:.2f}x the seed's images per CPU-second; "
         f"{cpu_ms['cvpipe'] / cpu_ms[cpu_limit]:.2f}x the CPU time of the cheaper decode limit, {cpu_limit}",
@@ -199,8 +253,8 @@ def run(images: int = 2000, rounds: int = 3, size: int = SIZE, cache: Path | Non
             cvpipe=f"{rate['cvpipe']:.0f} img/s ({to_limit:.2f}x the decode limit's time)",
             seed=f"{rate['seed']:.0f} img/s",
             ratio=speedup,
-            target=f">= {SPEED_TARGET}x; <= {LIMIT_TARGET}x the decode limit",
-            passed=speedup >= SPEED_TARGET and to_limit <= LIMIT_TARGET,
+            target=TARGET,
+            passed=to_limit <= LIMIT_TARGET,
             details=details,
         )
     ]
