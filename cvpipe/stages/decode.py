@@ -4,13 +4,13 @@ Images are read straight from the raw archive in the split table's order and dec
 (:func:`cvpipe.imaging.images.load_rgb`: one resize policy). The archive's central directory is parsed once per split
 by :func:`cvpipe.imaging.archive.locate_members`, into a table stored by column (NumPy offsets, sizes and CRCs);
 workers are sent row ranges of it and read their members with positioned reads (CRC checked), rather than every
-chunk parsing the directory again into ``ZipInfo`` objects. Each worker decodes a contiguous range of rows into a
-buffer of at most ``_CHUNK_BYTES`` and writes it with one positioned write into the output file, which is renamed
-into place only once every row is written. Writing through the file rather than a memory map keeps each process's
-resident memory flat however many images a split has (dirty pages of a shared mapping count as the writer's
-resident memory until it is unmapped). Labels go to ``<split>_labels.npy`` (int32) in the same order. Training then
-reads these arrays instead of re-decoding JPEGs every epoch. The memory figures behind these choices are in
-``docs/performance.md``.
+chunk parsing the directory again into ``ZipInfo`` objects. Each worker decodes a contiguous range of rows (at most
+``_CHUNK_BYTES`` of output) into a reused buffer and writes it ``_WRITE_BYTES`` at a time with positioned writes
+into the output file, which is renamed into place only once every row is written. Writing through the file
+rather than a memory map keeps each process's resident memory flat however many images a split has (dirty pages
+of a shared mapping count as the writer's resident memory until it is unmapped). Labels go to
+``<split>_labels.npy`` (int32) in the same order. Training then reads these arrays instead of re-decoding JPEGs
+every epoch. The memory and time figures behind these choices are in ``docs/performance.md``.
 
 What the main process holds grows with the number of images, so it is kept small: the split table is read
 with the system allocator into Arrow columns (one string buffer, not a Python string per member) and a
