@@ -18,7 +18,9 @@ Two decoders, one result. Plain JPEGs (YCbCr or greyscale, no EXIF rotation) go 
 calls the same libjpeg-turbo with the same settings as Pillow (accurate integer IDCT, fancy upsampling) at
 the same scale, straight into a NumPy array; everything else (other formats, CMYK, rotated, anything
 simplejpeg refuses) goes through Pillow. Both give identical pixels for a JPEG that either can decode
-(tested), so the choice never changes the cache.
+(tested), so the choice never changes the cache. simplejpeg decodes to RGBX (a padding byte a pixel) and the
+squash runs on four channels: OpenCV's exact resize is twice as fast there and gives the three-channel result
+channel for channel (tested).
 
 Why bilinear after the DCT downscale and not an antialiased resize: nearly the same pixels for a fraction of
 the time (the measurements are in ``docs/performance.md``, "Where the stages' designs come from").
