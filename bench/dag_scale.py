@@ -58,6 +58,8 @@ def overrides(archive: Path) -> dict[str, Any]:
         "image": {"size": SIZE},
         "features": {"weights": "none"},
         "train": {variant: {"epochs": 1} for variant in VARIANTS},
+        # MNIST's stages are in the same dvc.yaml: offline drawn digits, one epoch.
+        "mnist": {"source": "synthetic", "epochs": 1, "synthetic": {"train": 300, "test": 100}},
     }
 
 
