@@ -9,10 +9,12 @@ each contender in its own process, set up and warmed before its one timed pass:
   over the same files extracted to class folders (full decode + bilinear resize in tf.data, AUTOTUNE).
 - **decode limit**: libjpeg-turbo's DCT-scaled decode alone (no resize, no write), on every core, two ways:
   simplejpeg at the policy's scale in a process per core, and ``tf.io.decode_jpeg(ratio=...)`` in tf.data
-  with AUTOTUNE. The faster of the two is the limit the stage is held to.
+  with AUTOTUNE (libjpeg's fast integer IDCT there, so other pixels). The first is the limit the stage is held to.
 
-Target (issue 16): within 1.3x of the decode limit's time, on wall time; CPU time is reported beside it. The
-seed's ratio is reported, not judged (issue 6 asked for 2x; the decode limit alone is ~1.5x the seed here).
+Target (issue 16): within 1.3x of the decode limit's time, wall time and CPU time both, against the simplejpeg
+limit (built like the stage: processes on every core, the policy's accurate IDCT, so a loaded machine bends both
+alike); the tf.data limit and the seed are reported, not judged (issue 6 asked for 2x the seed; the decode limit
+alone is ~1-2x the seed here, as the load goes).
 
     .venv/bin/python -m bench.decode_speed [--images 2000] [--rounds 3]
 """
@@ -36,6 +38,7 @@ SIZE = 180
 BATCH = 32
 LIMIT_TARGET = 1.3
 TARGET = f"<= {LIMIT_TARGET}x the decode limit's time"
+LIMIT = "simplejpeg_dct"
 _WARM_IMAGES = 64
 
 
@@ -217,10 +220,13 @@ def run(images: int = 2000, rounds: int = 3, size: int = SIZE, cache: Path | Non
         costs = per_image_costs(archive, members, size, work)
     rate = {name: images / common.median(timing.wall) for name, timing in times.items()}
     cpu_ms = {name: common.median(timing.cpu) / images * 1e3 for name, timing in times.items()}
-    limit_name = max(("simplejpeg_dct", "tf_dct"), key=lambda name: rate[name])
     speedup = rate["cvpipe"] / rate["seed"]
-    to_limit = rate[limit_name] / rate["cvpipe"]
-    cpu_limit = min(("simplejpeg_dct", "tf_dct"), key=lambda name: cpu_ms[name])
+    # Judged against the limit built like the stage (processes on every core, the policy's accurate IDCT), round
+    # by round: two contenders of the same shape get the same share of a loaded machine, where tf.data's many
+    # threads get more than two processes do (wall time would then measure the scheduler, not the work).
+    per_round = [ours / limit for ours, limit in zip(times["cvpipe"].wall, times[LIMIT].wall, strict=True)]
+    to_limit = common.median(per_round)
+    cpu_to_limit = cpu_ms["cvpipe"] / cpu_ms[LIMIT]
     labels = {
         "cvpipe": "cvpipe decode stage",
         "seed": "seed, image_dataset_from_directory one epoch",
@@ -237,15 +243,14 @@ def run(images: int = 2000, rounds: int = 3, size: int = SIZE, cache: Path | Non
             f"(wall rounds: {common.runs(times[name].wall)})"
             for name in labels
         ],
-        f"judged on wall time: {to_limit:.2f}x the time of the faster decode limit, {limit_name} "
-        f"(target <= {LIMIT_TARGET}x); {speedup:.2f}x the seed's images/s (reported, not judged: the decode limit "
-        f"itself is {rate[limit_name] / rate['seed']:.2f}x the seed here)",
-        f"on CPU time (what a machine to itself would give, the load others put on it aside): "
-        f"{cpu_ms['seed'] / cpu_ms['cvpipe']:.2f}x the seed's images per CPU-second; "
-        + "; ".join(
-            f"{cpu_ms['cvpipe'] / cpu_ms[name]:.2f}x the CPU time of {name}" for name in ("simplejpeg_dct", "tf_dct")
-        )
-        + f" (the cheaper: {cpu_limit}; tf.io.decode_jpeg uses libjpeg's fast integer IDCT, not the policy's pixels)",
+        f"judged: {to_limit:.2f}x the wall time of the decode limit {LIMIT} (median of the rounds' ratios: "
+        f"{common.runs(per_round, 'x')}) and {cpu_to_limit:.2f}x its CPU time (target <= {LIMIT_TARGET}x for both)",
+        f"tf.data's limit (libjpeg's fast integer IDCT: not the policy's pixels; many threads, so a loaded machine "
+        f"gives it a bigger share): cvpipe takes {rate['tf_dct'] / rate['cvpipe']:.2f}x its wall time and "
+        f"{cpu_ms['cvpipe'] / cpu_ms['tf_dct']:.2f}x its CPU time",
+        f"the seed (reported, not judged): {speedup:.2f}x its images/s on wall time, "
+        f"{cpu_ms['seed'] / cpu_ms['cvpipe']:.2f}x its images per CPU-second; the decode limit alone is "
+        f"{rate[LIMIT] / rate['seed']:.2f}x and {cpu_ms['seed'] / cpu_ms[LIMIT]:.2f}x",
         "one core, per image, best of 5 passes over a sample: "
         + "; ".join(f"{name} {ms:.3f} ms" for name, ms in costs.items()),
     ]
@@ -257,7 +262,7 @@ def run(images: int = 2000, rounds: int = 3, size: int = SIZE, cache: Path | Non
             seed=f"{rate['seed']:.0f} img/s",
             ratio=speedup,
             target=TARGET,
-            passed=to_limit <= LIMIT_TARGET,
+            passed=to_limit <= LIMIT_TARGET and cpu_to_limit <= LIMIT_TARGET,
             details=details,
         )
     ]
