@@ -144,3 +144,6 @@ LABEL_AUDIT_METRICS = AUDIT_DIR / "label_metrics.json"
 def predictions_file(variant: str, predictions_dir: Path = PREDICTIONS_DIR) -> Path:
     """A variant's per-image test predictions: ``reports/predictions/<variant>.parquet``."""
     return Path(predictions_dir) / f"{variant}.parquet"
+
+
+MNIST_PREDICTIONS = predictions_file(MNIST)  # its test digits named mnist/test/<index>, with their sha256

@@ -339,6 +339,7 @@ def mnist_evaluate(
     model: Annotated[Path, typer.Option(help="The trained .keras model.")] = layout.MNIST_MODEL,
     metrics: Annotated[Path, typer.Option(help="Metrics JSON to write.")] = layout.MNIST_METRICS,
     plots: Annotated[Path, typer.Option(help="Folder for confusion and ROC data.")] = layout.MNIST_PLOTS,
+    predictions: Annotated[Path, typer.Option(help="Per-image test predictions (parquet).")] = layout.MNIST_PREDICTIONS,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """MNIST evaluate stage: test accuracy, loss, per-digit precision/recall/F1, ROC AUC, 10 x 10 confusion."""
@@ -346,12 +347,12 @@ def mnist_evaluate(
 
     from cvpipe.stages import mnist_evaluate as stage  # imports Keras: after the params are checked
 
-    paths = stage.MnistEvaluatePaths(inputs=inputs, model=model, metrics=metrics, plots=plots)
+    paths = stage.MnistEvaluatePaths(inputs=inputs, model=model, metrics=metrics, plots=plots, predictions=predictions)
     with track_stage(
         "mnist-evaluate",
         stage="mnist_evaluate",
         inputs=[model, layout.split_file(inputs, "test"), layout.labels_file(inputs, "test")],
-        outputs=[metrics, plots],
+        outputs=[metrics, plots, predictions],
         params_file=params,
         sections=["mnist"],
     ) as run:

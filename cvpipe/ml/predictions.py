@@ -6,10 +6,14 @@ whose ``row`` is ``i``. :func:`split_rows` reads that mapping; :func:`prediction
 probabilities as ``reports/predictions/<variant>.parquet`` (one row per test image: member, sha256, label,
 the probability of each class, predicted class, confidence, correct), which ``cvpipe lineage image`` and the
 report read.
+
+A cache without a split table (MNIST's: its digits come from an ``.npz``, not an archive) names its rows with
+:func:`array_rows`: member ``<prefix>/<index>`` and the sha256 of the image's own bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,6 +49,30 @@ def split_rows(splits_path: Path, split: str, expected: int | None = None) -> pd
             "split version (dvc repro decode)"
         )
     return rows
+
+
+def array_rows(images: np.ndarray, labels: np.ndarray, prefix: str) -> pd.DataFrame:
+    """Return ``row, member, sha256, label_index`` naming each image of an in-memory split by its position.
+
+    For a cache with no archive member behind its rows (MNIST): ``member`` is ``<prefix>/<index>`` (``index``
+    the row in the source's own order, which the cache keeps) and ``sha256`` that of the image's bytes as
+    cached (C order; 784 uint8 for an MNIST digit), so the same digit has the same sha256 in any copy of the
+    data set.
+
+    Raises:
+        DataError: ``images`` and ``labels`` differ in length.
+    """
+    if len(images) != len(labels):
+        raise DataError(f"predictions: {len(images)} images but {len(labels)} labels")
+    prefix = prefix.rstrip("/")
+    return pd.DataFrame(
+        {
+            "row": np.arange(len(images), dtype=np.int64),
+            "member": [f"{prefix}/{index}" for index in range(len(images))],
+            "sha256": [hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest() for image in images],
+            "label_index": np.asarray(labels).astype(np.int64),
+        }
+    )
 
 
 def predictions_frame(

@@ -56,6 +56,8 @@ class ReportInputs:
     audit: Path = layout.AUDIT_DIR
     lineage: Path = layout.LINEAGE_DIR
     predictions: Path = layout.PREDICTIONS_DIR
+    mnist: Path = layout.MNIST_CACHE
+    """The MNIST cache: its test digits are the thumbnails of ``mnist.parquet``'s mistakes."""
 
     def under(self, root: Path) -> ReportInputs:
         """The same paths, relative to ``root`` when they are relative."""
@@ -504,7 +506,7 @@ def verdict_sections(inputs: ReportInputs, cfg: ReportConfig, thumbnails: int) -
         (
             "mistakes",
             "Each variant's most confident mistakes",
-            verdicts.mistakes_section(inputs.predictions, inputs.images, cfg.mistakes),
+            verdicts.mistakes_section(inputs.predictions, inputs.images, cfg.mistakes, {layout.MNIST: inputs.mnist}),
         ),
         (
             "embedding",

@@ -60,9 +60,10 @@ def _tiles(images_dir: Path, split: str, rows: Sequence[int]) -> list[np.ndarray
     if not path.is_file() or not rows:
         return None
     cache = np.load(path, mmap_mode="r")
-    if max(rows) >= len(cache) or cache.ndim != 4:
+    if max(rows) >= len(cache) or cache.ndim not in (3, 4):
         return None
-    return [np.asarray(cache[row]) for row in rows]
+    # A grey cache (MNIST's N x 28 x 28) is shown as RGB tiles.
+    return [np.asarray(cache[row]) if cache.ndim == 4 else np.stack([cache[row]] * 3, axis=-1) for row in rows]
 
 
 def _grid(rows: Sequence[Sequence[np.ndarray]], alt: str) -> str:
@@ -111,8 +112,14 @@ def calibration_section(metrics: Mapping[str, Mapping[str, Any]]) -> str:
 # -- confident mistakes ---------------------------------------------------------------------------------------
 
 
-def mistakes_section(predictions_dir: Path, images_dir: Path, count: int) -> str:
-    """Each variant's ``count`` most confident wrong predictions, as thumbnails with member and probability."""
+def mistakes_section(
+    predictions_dir: Path, images_dir: Path, count: int, caches: Mapping[str, Path] | None = None
+) -> str:
+    """Each variant's ``count`` most confident wrong predictions, as thumbnails with member and probability.
+
+    ``caches``: the cache whose test rows a predictions file (by its stem, e.g. ``mnist``) names, when it is
+    not ``images_dir``.
+    """
     from cvpipe.ml.predictions import confident_mistakes
 
     files = sorted(Path(predictions_dir).glob("*.parquet")) if Path(predictions_dir).is_dir() else []
@@ -125,7 +132,7 @@ def mistakes_section(predictions_dir: Path, images_dir: Path, count: int) -> str
         parts.append(f"<h3>{esc(path.stem)}: {int((~frame['correct']).sum())} of {len(frame)} test images wrong</h3>")
         if wrong.empty:
             continue
-        tiles = _tiles(images_dir, "test", wrong["row"].tolist())
+        tiles = _tiles((caches or {}).get(path.stem, images_dir), "test", wrong["row"].tolist())
         if tiles is not None:
             parts.append(f'<div class="fig">{_grid([tiles], f"{path.stem}: most confident mistakes")}</div>')
         parts.append(

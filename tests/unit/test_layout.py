@@ -48,7 +48,7 @@ def expected_outs(name: str) -> list[Path]:
     mnist = {
         "mnist_data": [layout.MNIST_CACHE],
         "mnist_train": [layout.MNIST_MODEL, layout.MNIST_TRAIN_DIR],
-        "mnist_evaluate": [layout.MNIST_PLOTS],
+        "mnist_evaluate": [layout.MNIST_PLOTS, layout.MNIST_PREDICTIONS],
     }
     if name in mnist:
         return mnist[name]

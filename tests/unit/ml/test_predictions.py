@@ -50,3 +50,21 @@ def test_frame_has_every_class_probability_and_the_verdict(tmp_path: Path) -> No
     assert mistakes["member"].tolist() == ["t/dog.3.jpg", "t/cat.2.jpg"]
     with pytest.raises(DataError, match="3 images but 2 rows"):
         predictions.predictions_frame(rows, probabilities[:2], np.array([1, 1]), ["cat", "dog"])
+
+
+def test_array_rows_name_images_by_place_and_by_their_bytes() -> None:
+    import hashlib
+
+    images = np.arange(3 * 28 * 28, dtype=np.uint32).reshape(3, 28, 28).astype(np.uint8)
+    images[2] = images[0]
+    rows = predictions.array_rows(images, np.array([7, 1, 7], np.uint8), "mnist/test/")
+    assert rows["member"].tolist() == ["mnist/test/0", "mnist/test/1", "mnist/test/2"]
+    assert rows["sha256"][0] == hashlib.sha256(images[0].tobytes()).hexdigest() == rows["sha256"][2]
+    assert rows["sha256"][0] != rows["sha256"][1] and rows["row"].tolist() == [0, 1, 2]
+    # A non-contiguous view hashes as its C-order bytes: the same digit, the same sha256.
+    assert predictions.array_rows(images[:, :, ::-1][:, :, ::-1], np.zeros(3), "m")["sha256"].equals(rows["sha256"])
+    digits = [str(d) for d in range(10)]
+    frame = predictions.predictions_frame(rows, np.eye(10)[[7, 2, 7]], np.array([7, 2, 7]), digits)
+    assert frame["label"].tolist() == ["7", "1", "7"] and frame["correct"].tolist() == [True, False, True]
+    with pytest.raises(DataError, match="3 images but 2 labels"):
+        predictions.array_rows(images, np.zeros(2), "m")

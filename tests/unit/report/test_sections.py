@@ -105,3 +105,25 @@ def test_scratch_aug_shows_the_books_augmented_figure_beside_the_seeds(tmp_path:
     assert "never applied" in SCRATCH_AUG_NOTE and "0.744" in SCRATCH_AUG_NOTE
     assert f"scratch_aug book (augmented): {BOOK_AUGMENTED_ACCURACY:.3f}" in html
     assert "dropout only" in html
+
+
+def test_mnist_mistakes_are_drawn_from_the_mnist_cache(tmp_path: Path) -> None:
+    """mnist.parquet's rows index MNIST's grey test digits, not the dogs-vs-cats cache."""
+    from cvpipe import layout
+    from cvpipe.config import ReportConfig
+    from cvpipe.ml.predictions import array_rows, predictions_frame
+    from cvpipe.report.sections import ReportInputs, verdict_sections
+
+    digits = np.full((2, 28, 28), 200, np.uint8)
+    mnist = tmp_path / "data/cache/mnist"
+    mnist.mkdir(parents=True)
+    np.save(layout.split_file(mnist, "test"), digits)
+    frame = predictions_frame(
+        array_rows(digits, np.array([3, 5]), "mnist/test"), np.eye(10)[[3, 8]], [3, 8], "0123456789"
+    )
+    (tmp_path / "predictions").mkdir()
+    frame.to_parquet(tmp_path / "predictions" / "mnist.parquet")
+    inputs = ReportInputs(predictions=tmp_path / "predictions", images=tmp_path / "none", mnist=mnist)
+    html = dict((key, body) for key, _, body in verdict_sections(inputs, ReportConfig(), 4))["mistakes"]
+    assert "mnist: 1 of 2 test images wrong" in html and "mnist/test/1" in html
+    assert 'src="data:image/jpeg;base64,' in html

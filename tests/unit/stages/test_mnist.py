@@ -51,7 +51,10 @@ def test_a_tiny_real_run_trains_and_writes_mnist_json_with_accuracy(tmp_path: Pa
     assert (tmp_path / "train" / layout.LIVE_PLOTS).is_dir()
 
     metrics_file = tmp_path / "metrics" / "mnist.json"
-    paths_ = mnist_evaluate.MnistEvaluatePaths(cache, tmp_path / "mnist.keras", metrics_file, tmp_path / "plots")
+    predictions_file = tmp_path / "predictions" / "mnist.parquet"
+    paths_ = mnist_evaluate.MnistEvaluatePaths(
+        cache, tmp_path / "mnist.keras", metrics_file, tmp_path / "plots", predictions_file
+    )
     scored: list[int] = []
     summary = mnist_evaluate.run(params, paths_, scored.append)
     metrics = json.loads(metrics_file.read_text())
@@ -63,6 +66,27 @@ def test_a_tiny_real_run_trains_and_writes_mnist_json_with_accuracy(tmp_path: Pa
     assert matrix["labels"] == list(CLASSES) and np.asarray(matrix["matrix"]).shape == (10, 10)
     assert np.asarray(matrix["matrix"]).sum() == 200
     assert (tmp_path / "plots" / layout.CONFUSION_NAME).read_text().startswith("actual,predicted\n")
+    assert_predictions_name_each_test_digit(predictions_file, cache, metrics["accuracy"])
+
+
+def assert_predictions_name_each_test_digit(path: Path, cache: Path, accuracy: float) -> None:
+    """The dogs-vs-cats schema; each digit named ``mnist/test/<index>`` with the sha256 of its cached bytes."""
+    import hashlib
+
+    import pandas as pd
+
+    frame = pd.read_parquet(path)
+    images = np.load(layout.split_file(cache, "test"))
+    labels = np.load(layout.labels_file(cache, "test"))
+    probabilities = [f"p_{digit}" for digit in CLASSES]
+    expected = ["row", "member", "sha256", "label", "label_index", *probabilities]
+    assert list(frame.columns) == [*expected, "predicted", "predicted_index", "confidence", "correct"]
+    assert frame["member"].tolist() == [f"mnist/test/{i}" for i in range(len(images))]
+    assert frame["sha256"].tolist() == [hashlib.sha256(image.tobytes()).hexdigest() for image in images]
+    assert frame["label"].tolist() == [str(label) for label in labels]
+    np.testing.assert_allclose(frame[probabilities].sum(axis=1), 1.0, atol=1e-5)
+    assert frame["correct"].mean() == pytest.approx(accuracy)
+    assert (frame["predicted"] == frame[probabilities].idxmax(axis=1).str[2:]).all()
 
 
 def test_the_no_pool_variant_has_the_seeds_712202_params() -> None:
