@@ -147,3 +147,4 @@ def predictions_file(variant: str, predictions_dir: Path = PREDICTIONS_DIR) -> P
 
 
 MNIST_PREDICTIONS = predictions_file(MNIST)  # its test digits named mnist/test/<index>, with their sha256
+SPLIT_THUMBNAILS = SPLITS_DIR / THUMBNAILS_DIR_NAME  # strips of the largest near-duplicate groups' members

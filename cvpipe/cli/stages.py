@@ -99,7 +99,7 @@ def split(
 
     cfg = read_params(params)
     paths = stage.SplitPaths(manifest=manifest, out=out, archive=archive)
-    outputs = [paths.splits, paths.report]
+    outputs = [paths.splits, paths.report, paths.thumbnails]
     with track_stage(
         "split", inputs=[archive, manifest], outputs=outputs, params_file=params, sections=["data", "split"]
     ) as run:

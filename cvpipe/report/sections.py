@@ -339,7 +339,7 @@ def _size_histogram(manifest_path: Path) -> str:
 def _split_summary(split_report: Path) -> str:
     report = _json(split_report) or {}
     counts = report.get("counts") or {}
-    if not counts:
+    if not counts and not report.get("error"):
         return "<p>No split yet.</p>"
     labels = sorted({label for per_class in counts.values() for label in per_class})
     rows = [
@@ -369,16 +369,41 @@ def _split_summary(split_report: Path) -> str:
             ),
             ("candidate pairs / confirmed", f"{near.get('candidates', 0):,} / {near.get('confirmed', 0):,}"),
         ]
+    groups = near.get("largest_groups") or []
     largest = [
         [td(group.get("size")), td(", ".join(group.get("labels") or [])), td(", ".join(group.get("members")[:8]))]
-        for group in near.get("largest_groups") or []
+        for group in groups
     ]
+    # The split stopped (the guard, or a class too short): no counts, but the groups are what to look at.
+    error = f'<p class="verdict failed">Split stopped: {esc(report["error"])}</p>' if report.get("error") else ""
     return (
         "<h3>Split</h3>"
-        + table(["split", *labels], rows, "split")
+        + error
+        + (table(["split", *labels], rows, "split") if rows else "")
         + table(["", ""], [[f"<th>{esc(k)}</th>", td(v)] for k, v in facts], "facts")
         + (table(["largest groups", "labels", "members"], largest, "groups") if largest else "")
+        + _group_thumbnails(Path(split_report).parent, groups)
     )
+
+
+def _group_thumbnails(folder: Path, groups: Sequence[Mapping[str, Any]]) -> str:
+    """The split stage's strip of each listed group's first members (from the archive), as data URIs."""
+    figures = []
+    for number, group in enumerate(groups, start=1):
+        path = folder / group["thumbnail"] if group.get("thumbnail") else None
+        if path is None or not path.is_file():
+            continue
+        shown = list(group.get("thumbnail_members") or [])
+        more = int(group.get("size") or len(shown)) - len(shown)
+        caption = ", ".join(shown) + (f" and {more:,} more" if more > 0 else "")
+        figures.append(
+            f'<figure class="group"><img src="{jpeg_data_uri(path.read_bytes())}" alt="group {number}: '
+            f'{esc(", ".join(shown))}"><figcaption>group {number} ({esc(group.get("size"))} images, '
+            f"{esc(', '.join(group.get('labels') or []))}): {esc(caption)}</figcaption></figure>"
+        )
+    if not figures:
+        return ""
+    return "<h4>Largest near-duplicate groups</h4>" + "".join(figures)
 
 
 def augmentation_section(inputs: ReportInputs, cfg: ReportConfig, classes: Sequence[str]) -> str:

@@ -38,13 +38,22 @@ from cvpipe.errors import DataError
 from cvpipe.exclude import excluding
 from cvpipe.imaging.confirm import Confirmation, confirm_candidates, rule_from
 from cvpipe.imaging.guard import GroupGuard, group_problem
-from cvpipe.imaging.hashes import TooManyCandidates, candidate_pairs, connected_groups, hex_to_uint64
+from cvpipe.imaging.hashes import (
+    TooManyCandidates,
+    candidate_pairs,
+    connected_groups,
+    hex_to_uint64,
+    shift_hashes_of,
+)
+from cvpipe.imaging.thumbnails import write_group_thumbnails
 from cvpipe.io import sha256_file, system_memory_pool, write_json_atomic, write_parquet
 
 log = logging.getLogger(__name__)
 
 # What the split reads of the manifest; the rest (sizes, modes, reasons) would only take memory.
 MANIFEST_COLUMNS = ("member", "label", "label_index", "sha256", "phash", "phash_flip", "status")
+# The shift-tolerant hash's columns, read when the manifest has them (one ingested before them has not).
+SHIFT_COLUMNS = ("fourier", "fourier_flip")
 # Groups listed with their members in the report's ``largest_groups`` (the HTML report shows their thumbnails).
 LISTED_GROUPS = 10
 
@@ -79,10 +88,17 @@ class SplitPaths:
         """The split report, ``<out>/report.json``."""
         return Path(self.out) / layout.REPORT_NAME
 
+    @property
+    def thumbnails(self) -> Path:
+        """Strips of the largest near-duplicate groups' members, ``<out>/thumbnails/``."""
+        return Path(self.out) / layout.THUMBNAILS_DIR_NAME
+
 
 def read_manifest(path: Path) -> pd.DataFrame:
-    """The manifest's columns that the split uses (:data:`MANIFEST_COLUMNS`), read without threads."""
-    table = pq.read_table(path, columns=list(MANIFEST_COLUMNS), use_threads=False)
+    """The manifest's columns that the split uses (:data:`MANIFEST_COLUMNS`, :data:`SHIFT_COLUMNS`), no threads."""
+    present = set(pq.read_schema(path).names)
+    columns = [*MANIFEST_COLUMNS, *(name for name in SHIFT_COLUMNS if name in present)]
+    table = pq.read_table(path, columns=columns, use_threads=False)
     return table.to_pandas(use_threads=False)
 
 
@@ -119,12 +135,17 @@ def confirmed_pairs(images: pd.DataFrame, cfg: NearDuplicateConfig, archive: Pat
     """
     try:
         candidates = candidate_pairs(
-            hex_to_uint64(images["phash"]), hex_to_uint64(images["phash_flip"]), cfg.hash_bits, cfg.max_candidates
+            hex_to_uint64(images["phash"]),
+            hex_to_uint64(images["phash_flip"]),
+            cfg.hash_bits,
+            cfg.max_candidates,
+            shift=shift_hashes_of(images, cfg.shift_bits),
         )
     except TooManyCandidates as error:
         raise DataError(
             f"split: over {error.found:,} near-duplicate candidate pairs within split.near_duplicate.hash_bits="
-            f"{cfg.hash_bits} among {len(images):,} images after {error.scanned:.0%} of the scan (more than "
+            f"{cfg.hash_bits} (or shift_bits={cfg.shift_bits}) among {len(images):,} images after "
+            f"{error.scanned:.0%} of the scan (more than "
             f"split.near_duplicate.max_candidates={cfg.max_candidates:,}, ~30 us each to confirm): lower "
             "split.near_duplicate.hash_bits, or raise split.near_duplicate.max_candidates"
         ) from None
@@ -354,10 +375,16 @@ def build_report(
     }
 
 
+def write_report(paths: SplitPaths, report: dict[str, Any]) -> None:
+    """Write the largest groups' thumbnails (each listed group gets its ``thumbnail``), then the report."""
+    write_group_thumbnails(paths.archive, report["near_duplicates"]["largest_groups"], paths.thumbnails)
+    write_json_atomic(paths.report, report)
+
+
 def run(
     params: Params, paths: SplitPaths = SplitPaths(), progress: Callable[[int], None] | None = None
 ) -> SplitSummary:
-    """The split stage: write the split table and its report (``paths.splits``, ``paths.report``).
+    """The split stage: write the split table, its report and the groups' thumbnails (``paths``).
 
     Args:
         params: the pipeline's params; the stage reads ``data.classes`` and ``split.*``.
@@ -376,16 +403,16 @@ def run(
         groups = group_images(excluding(read_manifest(paths.manifest), cfg.exclude), cfg.near_duplicate, paths.archive)
         problem = guard_problem(groups, cfg.near_duplicate)
         if problem:
-            write_json_atomic(paths.report, build_report(cfg, paths.manifest, groups, None, error=problem))
+            write_report(paths, build_report(cfg, paths.manifest, groups, None, error=problem))
             raise DataError(f"split: {problem}; see {paths.report}")
         try:
             table = deal_splits(groups, cfg, params.data.classes)
         except DataError as error:
-            write_json_atomic(paths.report, build_report(cfg, paths.manifest, groups, None, error=str(error)))
+            write_report(paths, build_report(cfg, paths.manifest, groups, None, error=str(error)))
             raise
         failures = validate_split(table)
     report = build_report(cfg, paths.manifest, groups, table, schema_failures=failures)
-    write_json_atomic(paths.report, report)
+    write_report(paths, report)
     if failures:
         raise DataError(f"split failed validation with {len(failures)} problem(s); see {paths.report}")
     write_parquet(table, paths.splits)

@@ -37,7 +37,7 @@ def expected_outs(name: str) -> list[Path]:
     table: dict[str, list[Path]] = {
         "download": [layout.ARCHIVE, layout.SOURCE],
         "ingest": [layout.MANIFEST, layout.MANIFEST_REPORT],
-        "split": [layout.SPLITS, layout.SPLIT_REPORT],
+        "split": [layout.SPLITS, layout.SPLIT_REPORT, layout.SPLIT_THUMBNAILS],
         "decode": [layout.IMAGES_CACHE],
         "features": [layout.FEATURES_CACHE],
         "audit": [layout.AUDIT_REPORT, layout.AUDIT_THUMBNAILS],

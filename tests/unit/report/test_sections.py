@@ -127,3 +127,28 @@ def test_mnist_mistakes_are_drawn_from_the_mnist_cache(tmp_path: Path) -> None:
     html = dict((key, body) for key, _, body in verdict_sections(inputs, ReportConfig(), 4))["mistakes"]
     assert "mnist: 1 of 2 test images wrong" in html and "mnist/test/1" in html
     assert 'src="data:image/jpeg;base64,' in html
+
+
+def test_split_section_shows_the_largest_groups_as_thumbnails_when_the_guard_stopped_it(tmp_path: Path) -> None:
+    from cvpipe.report.sections import _split_summary
+
+    members = [f"train/cat.{n}.jpg" for n in range(30)]
+    (tmp_path / "thumbnails").mkdir()
+    (tmp_path / "thumbnails/group-01.jpg").write_bytes(image_grid([[np.zeros((8, 8, 3), np.uint8)]]))
+    group = {
+        "size": 30,
+        "members": members,
+        "labels": ["cat"],
+        "thumbnail": "thumbnails/group-01.jpg",
+        "thumbnail_members": members[:8],
+    }
+    unthumbnailed = {"size": 2, "members": ["a<b", "c"], "labels": ["dog"]}
+    report = {"counts": {}, "error": "the largest group holds 30 images", "policy": {"seed": 1}}
+    report["near_duplicates"] = {"largest_groups": [group, unthumbnailed]}
+    _write(tmp_path / "report.json", report)
+    html = _split_summary(tmp_path / "report.json")
+    assert "Split stopped: the largest group holds 30 images" in html
+    assert html.count('<img src="data:image/jpeg;base64,') == 1  # offline: a data URI, the CSP allows no other
+    assert "group 1 (30 images, cat): train/cat.0.jpg, " in html and "train/cat.7.jpg and 22 more" in html
+    assert "a&lt;b" in html  # the second group is listed as text (no strip)
+    assert _split_summary(tmp_path / "missing.json") == "<p>No split yet.</p>"

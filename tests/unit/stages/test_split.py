@@ -184,3 +184,51 @@ def test_a_class_short_because_of_mixed_label_groups_names_that_cause() -> None:
     message = str(error.value)
     assert "class 'cat' has 9 usable unique images but the split asks for 10" in message
     assert "2 of its images were left out in near-duplicate groups with another label" in message
+
+
+def test_real_split_writes_a_thumbnail_strip_per_listed_group(synthetic_archive, tmp_path: Path) -> None:
+    from PIL import Image
+
+    archive, _ = synthetic_archive
+    ingest_module.run(Params(ingest=IngestConfig()), IngestPaths(archive, tmp_path / "manifest"))
+    paths = SplitPaths(tmp_path / "manifest/images.parquet", tmp_path / "s", archive)
+    split_module.run(Params(split=cfg(train=30, val=10, test=15)), paths)
+    groups = json.loads(paths.report.read_text())["near_duplicates"]["largest_groups"]
+    assert groups, "the synthetic archive plants near-duplicates"
+    index = json.loads((paths.thumbnails / "index.json").read_text())
+    assert [entry["file"] for entry in index] == [f"group-{n:02d}.jpg" for n in range(1, len(groups) + 1)]
+    for group in groups:
+        assert group["thumbnail_members"] == group["members"][:8]
+        with Image.open(paths.out / group["thumbnail"]) as strip:
+            assert strip.format == "JPEG" and strip.height == 96
+            assert strip.width == len(group["thumbnail_members"]) * 100 - 4
+
+
+def test_the_guard_report_has_thumbnails_of_the_largest_group(tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    manifest = manifest_with(40)
+    manifest.loc[:29, "phash"] = manifest.loc[0, "phash"]  # one group of 30 cats, past max_group_size=25
+    (tmp_path / "m").mkdir()
+    manifest.to_parquet(tmp_path / "m/images.parquet")
+    with zipfile.ZipFile(tmp_path / "images.zip", "w") as archive:
+        for number, member in enumerate(manifest["member"]):
+            buffer = io.BytesIO()
+            Image.new("RGB", (40, 30), (number * 3, 100, 200)).save(buffer, format="JPEG")
+            archive.writestr(member, buffer.getvalue())
+    paths = SplitPaths(tmp_path / "m/images.parquet", tmp_path / "s", tmp_path / "images.zip")
+    with pytest.raises(DataError, match="the largest group holds 30 images"):
+        split_module.run(Params(split=cfg()), paths)
+    (group,) = json.loads(paths.report.read_text())["near_duplicates"]["largest_groups"]
+    assert group["size"] == 30 and group["thumbnail"] == "thumbnails/group-01.jpg"
+    assert group["thumbnail_members"] == sorted(manifest["member"][:30])[:8]
+    with Image.open(paths.out / group["thumbnail"]) as strip:
+        assert strip.size == (8 * 100 - 4, 96)
+    # A rerun with no group leaves no stale strip behind.
+    manifest_with(40).to_parquet(tmp_path / "m/images.parquet")
+    split_module.run(Params(split=cfg()), paths)
+    assert json.loads((paths.thumbnails / "index.json").read_text()) == []
+    assert not list(paths.thumbnails.glob("*.jpg"))
