@@ -55,10 +55,6 @@ MAX_WORKERS = 16
 RUN_RECORD = Path(".prefect") / "cvpipe-run.json"
 
 
-class PipelineFailedError(RuntimeError):
-    """One or more stages failed; the message names them and the stages left unrun because of them."""
-
-
 def _failure_reason(future: PrefectFuture[StageOutcome]) -> str:
     state = future.state
     error = state.result(raise_on_failure=False) if state.is_failed() or state.is_crashed() else None
@@ -93,7 +89,6 @@ def run_dag(
             report.outcomes[stage] = future.result()
         elif state.is_failed() or state.is_crashed() or state.is_cancelled():
             report.failures[stage] = _failure_reason(future)
-            get_run_logger().error("stage %s failed: %s", stage, report.failures[stage])
         else:  # NotReady: an upstream stage did not complete
             report.not_run.append(stage)
     return report
@@ -166,11 +161,9 @@ def cvpipe_pipeline(
         train_timeout_minutes: time limit of each training stage; it is killed after that.
 
     Returns:
-        ``{stage: "ran" | "skipped"}``; a ``Failed`` state when the run was refused.
-
-    Raises:
-        PipelineFailedError: a stage failed; the message names it and what was left unrun. The artifacts are
-            created first.
+        ``{stage: "ran" | "skipped"}``; a ``Failed`` state when the run was refused, or when a stage failed: its
+        message names the failed stages with their one line each and the stages left unrun (the artifacts are
+        created first).
     """
     logger = get_run_logger()
     project = Path(project_dir).resolve()
@@ -229,7 +222,9 @@ def cvpipe_pipeline(
         )
         write_json_atomic(project / RUN_RECORD, run)
     if not report.ok:
-        raise PipelineFailedError(report.failure_message())
+        # A state, not an exception: Prefect logs a raised one with its traceback, which says nothing here (each
+        # task's state says why its stage failed); Prefect logs this state's message once, when the run ends.
+        return Failed(message=report.failure_message())
     return report.statuses()
 
 

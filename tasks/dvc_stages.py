@@ -18,10 +18,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
+from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 
+from cvpipe.pipeline.commands import StageTimeoutError
 from cvpipe.pipeline.graph import family
-from cvpipe.pipeline.repro import StageOutcome, run_stage
+from cvpipe.pipeline.repro import StageFailedError, StageOutcome, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,21 @@ def lineage_env() -> dict[str, str]:
     return {name: str(value) for name, value in values.items() if value}
 
 
+def drop_empty_exc_info(record: logging.LogRecord) -> bool:
+    """A logging filter: a record logged with ``exc_info=True`` outside any exception carries no traceback.
+
+    Prefect logs a task's returned ``Failed`` state ("Task run failed with state: ...") with ``exc_info=True``
+    where no exception is being handled, which the formatter turns into a stray ``NoneType: None`` line.
+    """
+    if record.exc_info and record.exc_info[0] is None:
+        record.exc_info = None
+    return True
+
+
+# Prefect's task engine logs on this logger; a filter on it sees exactly the records logged there.
+logging.getLogger("prefect.task_runs").addFilter(drop_empty_exc_info)
+
+
 def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
     """The Prefect run logger inside a run (lines reach the UI), this module's logger outside (``.fn()``)."""
     try:
@@ -128,7 +145,22 @@ def dvc_stage(
     timeout_s: float | None = None,
     slots: Slots | None = None,
     gpu: bool = False,
-) -> StageOutcome:
-    """Reproduce one DVC stage through DVC, within the run's slots; the task run is named after the stage."""
+) -> StageOutcome | State:
+    """Reproduce one DVC stage through DVC, within the run's slots; the task run is named after the stage.
+
+    Returns:
+        What happened to the stage; a ``Failed`` state whose message is the failure's one line when DVC or the
+        stage's command failed, ``TimedOut`` when it ran past ``timeout_s`` (Prefect still retries it where the
+        policy says so, and ``wait_for`` leaves the stages downstream ``NotReady``).
+    """
     with slots.held(gpu) if slots else contextlib.nullcontext():
-        return run_stage(stage, project_dir, force, timeout_s, extra_env=lineage_env(), logger=run_logger())
+        try:
+            return run_stage(stage, project_dir, force, timeout_s, extra_env=lineage_env(), logger=run_logger())
+        except StageFailedError as failure:
+            # Returned, not raised: Prefect logs a raised exception with its traceback (this wrapper's frames,
+            # which say nothing), and the flow's log then held the cause 8 times. What the stage printed, its own
+            # traceback on a bug included, is in the log already; the state carries the one line that says why.
+            return Failed(message=str(failure))
+        except StageTimeoutError as timeout:
+            # Prefect's own name for a task that ran out of time, and as above one line rather than a traceback.
+            return Failed(name="TimedOut", message=str(timeout))

@@ -109,13 +109,15 @@ def is_stale(stage: str, project_dir: Path, env: Mapping[str, str]) -> bool:
 
 
 def line_level(line: str) -> tuple[int, str]:
-    """The log level and message of one output line: cvpipe's log lines and DVC's errors keep their level."""
+    """The level and message of one output line: cvpipe's log and ``error:`` lines, DVC's errors keep their level."""
     match = _CVPIPE_LINE.match(line)
     if match:
         return logging.getLevelName(match["level"]), f"{match['name']}: {match['msg']}"
     match = _DVC_LINE.match(line)
     if match:
         return logging.getLevelName(match["level"]), line
+    if _CVPIPE_ERROR.match(line):  # the CLI's one line on a failure (exit 2), or on a bug
+        return logging.ERROR, line
     return logging.INFO, line
 
 

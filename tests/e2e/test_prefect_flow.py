@@ -182,6 +182,7 @@ while os.path.exists(f"hold-{tag}"):  # a test holds the stage here until it rem
 time.sleep(seconds)
 if code:
     print(f"2026-01-02 03:04:05,678 ERROR cvpipe.fake: {name} failing on purpose", file=sys.stderr, flush=True)
+    print(f"error: params.yaml: train.{tag}.epochs: failing on purpose", file=sys.stderr, flush=True)  # cvpipe's
     with open(f"trace/{tag}.end", "w") as f:
         json.dump({"t": time.time()}, f)
     sys.exit(code)
@@ -307,6 +308,11 @@ def test_failed_and_timed_out_variants_leave_the_others_done_and_fail_the_flow(
     assert "**failed**" in artifacts["cvpipe-summary"]["data"] and "cvpipe-report" not in artifacts
     logs = api.logs(run_id)
     assert any(log["level"] == 40 and "cvpipe.fake: train@b failing on purpose" in log["message"] for log in logs)
+    # A failed stage is its one line, in the task's state and the flow's: no Python traceback anywhere in the log.
+    cause = "error: params.yaml: train.train_b.epochs: failing on purpose"
+    assert cause in (task_runs["train@b"]["state"]["message"] or "") and cause in message
+    assert any(log["level"] == 40 and log["message"] == cause for log in logs)
+    assert not [log["message"] for log in logs if "Traceback" in log["message"] or "NoneType: None" in log["message"]]
     record = json.loads((workspace / RUN_RECORD).read_text())
     assert record["state"] == "failed" and set(record["failed"]) == {"train@b", "train@d"}
 

@@ -7,15 +7,17 @@ under Prefect are tested in ``tests/e2e/test_prefect_flow.py``.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from prefect.states import State
 
 from cvpipe.pipeline.graph import family
 from cvpipe.pipeline.repro import RAN, SKIPPED, StageOutcome
-from tasks.dvc_stages import Slots, StagePolicy, dvc_stage, lineage_env
+from tasks.dvc_stages import Slots, StagePolicy, drop_empty_exc_info, dvc_stage, lineage_env
 from tests.support.tiny_dvc import tiny_repo
 
 
@@ -95,3 +97,25 @@ def test_dvc_stage_runs_then_skips_outside_a_flow_run(tmp_path: Path, caplog: py
     assert dvc_stage.fn("make", str(repo)).status == SKIPPED
     assert dvc_stage.fn("make", str(repo), force=True).status == RAN
     assert (repo / "made.txt").read_text() == "none"  # no flow run outside Prefect
+
+
+@pytest.mark.slow
+def test_a_failed_stage_is_a_failed_state_with_one_line_not_an_exception(tmp_path: Path) -> None:
+    # Raised, Prefect would log the exception with its traceback (in the task's and the flow's log).
+    state = dvc_stage.fn("broken", str(tiny_repo(tmp_path / "repo")))
+    assert isinstance(state, State) and state.is_failed()
+    message = state.message or ""
+    assert message.startswith("stage 'broken' failed (dvc exit ") and "exited with 3" in message
+    assert "\n" not in message
+
+
+def test_prefect_s_exc_info_outside_an_exception_adds_no_line() -> None:
+    # Prefect logs a returned Failed state with exc_info=True, where no exception is being handled.
+    record = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "failed", None, (None, None, None))
+    assert drop_empty_exc_info(record) and record.exc_info is None
+    assert logging.Formatter().format(record) == "failed"
+    try:
+        raise ValueError("kept")
+    except ValueError:
+        raised = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    assert drop_empty_exc_info(raised) and raised.exc_info is not None

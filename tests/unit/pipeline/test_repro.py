@@ -40,6 +40,7 @@ def test_line_level_keeps_cvpipe_and_dvc_levels() -> None:
     )
     assert line_level("ERROR: failed to reproduce 'split'") == (logging.ERROR, "ERROR: failed to reproduce 'split'")
     assert line_level("> cvpipe split") == (logging.INFO, "> cvpipe split")
+    assert line_level("error: params.yaml: x: bad") == (logging.ERROR, "error: params.yaml: x: bad")  # exit 2
 
 
 # What DVC 3.67 printed when another `dvc repro` held the stage's files (measured), and a cvpipe stage's failure.
