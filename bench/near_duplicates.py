@@ -11,12 +11,14 @@ Not a timed test: a measurement that prints tables (issue 12, part 1). The image
   duplicates (90% resize + re-encode at another quality).
 
 Each image is hashed as ingest hashes it (``imagehash.phash`` of the image decoded upright at a small DCT scale,
-and of its mirror); pairs within ``hash_bits`` are candidates; the rule's confirmation
+and of its mirror; and the shift-tolerant Fourier hash, :func:`cvpipe.imaging.hashes.fourier_hash_pair`); pairs
+within ``hash_bits`` of the phash or ``shift_bits`` of the Fourier hash are candidates
+(:func:`cvpipe.imaging.hashes.shift_pairs`, as the split finds them); the rule's confirmation
 (:mod:`cvpipe.imaging.confirm`) keeps some; confirmed pairs are joined by single linkage. Reported: per
 transform the recall (the copy ends up in its original's group) of the hash stage alone and of the whole rule;
 the fraction of the *other* images (neither planted nor an original of a planted copy) that end up in some
 group, and the largest group; for contrast the same for today's rule (hash candidates joined unconfirmed);
-and the confirmation's time per candidate pair. Then a sweep of ``hash_bits``.
+and the confirmation's time per candidate pair. Then sweeps of ``hash_bits`` and ``shift_bits``.
 
     .venv/bin/python bench/near_duplicates.py [--copies 50] [--upscale nearest] [--synthetic-per-class 600]
         [--out bench/results/near-duplicates-<date>.md]
@@ -43,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cvpipe.imaging.confirm import NearDuplicateRule, confirm_pairs, thumbnails
 from cvpipe.imaging.guard import GroupGuard, group_problem
+from cvpipe.imaging.hashes import ShiftHashes, fourier_hash_pair, shift_pairs
 from cvpipe.imaging.images import decode_oriented
 
 SIDE = 80
@@ -111,6 +114,8 @@ class Dataset:
     images: list[bytes]
     labels: list[str]
     planted: list[tuple[int, int, str]]
+    # The Fourier hashes of the images and of their mirrors, once :func:`measure` has computed them.
+    fourier: tuple[np.ndarray, np.ndarray] = (np.empty(0, np.uint64), np.empty(0, np.uint64))
 
 
 def digits_dataset(copies: int, upscale: str, seed: int = 0) -> Dataset:
@@ -157,16 +162,30 @@ def synthetic_dataset(per_class: int, near: int, exact: int) -> Dataset:
     return Dataset(f"synthetic source, 2 x {per_class} + planted", images, labels, planted)
 
 
-def hashes(images: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """64-bit phash of each image and of its mirror, as ingest computes them."""
+def hashes(images: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """64-bit phash and Fourier hash of each image and of its mirror, as ingest computes them."""
     import imagehash
 
-    direct, mirror = np.zeros(len(images), np.uint64), np.zeros(len(images), np.uint64)
+    direct, mirror, fourier, fourier_flip = (np.zeros(len(images), np.uint64) for _ in range(4))
     for position, data in enumerate(images):
         upright = decode_oriented(data, draft_size=HASH_DRAFT_SIZE)
         direct[position] = int(str(imagehash.phash(upright)), 16)
         mirror[position] = int(str(imagehash.phash(ImageOps.mirror(upright))), 16)
-    return direct, mirror
+        first, second = fourier_hash_pair(upright)
+        fourier[position], fourier_flip[position] = int(first, 16), int(second, 16)
+    return direct, mirror, fourier, fourier_flip
+
+
+def rule_candidates(
+    pairs: np.ndarray, distances: np.ndarray, fourier: tuple[np.ndarray, np.ndarray], rule: NearDuplicateRule
+) -> np.ndarray:
+    """The rule's candidates ``(i, j)``, sorted: phash within ``hash_bits`` or Fourier within ``shift_bits``."""
+    count = len(fourier[0])
+    selected = pairs[distances <= rule.hash_bits].astype(np.int64)
+    codes = selected[:, 0] * count + selected[:, 1]
+    if rule.shift_bits:
+        codes = np.union1d(codes, shift_pairs(ShiftHashes(fourier[0], fourier[1], rule.shift_bits)))
+    return np.stack([codes // count, codes % count], axis=1)
 
 
 def hash_distances(direct: np.ndarray, mirror: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -228,7 +247,7 @@ class Outcome:
 
 def evaluate(data: Dataset, thumbs: np.ndarray, pairs: np.ndarray, distances: np.ndarray, rule: NearDuplicateRule):
     """Run the rule's two stages on precomputed hash distances and thumbnails; measure the outcome."""
-    candidates = pairs[distances <= rule.hash_bits]
+    candidates = rule_candidates(pairs, distances, data.fourier, rule)
     # CPU time, not wall time: the machines here are shared, and wall time moved 3x between runs.
     started = time.process_time()
     confirmed, _ = confirm_pairs(thumbs, candidates, rule)
@@ -278,7 +297,8 @@ def table(data: Dataset, outcome: Outcome, rule: NearDuplicateRule) -> list[str]
         lines.append(f"| {kind} | {n} | {outcome.recall_hash[kind]:.2f} | {value:.2f} | {goal}{verdict} |")
     lines += [
         "",
-        f"- candidates within {rule.hash_bits} bits: {outcome.candidates:,}; confirmed: {outcome.confirmed:,}",
+        f"- candidates (phash within {rule.hash_bits} bits or Fourier within {rule.shift_bits}):"
+        f" {outcome.candidates:,}; confirmed: {outcome.confirmed:,}",
         f"- other images grouped (neither planted nor an original of a planted copy): {outcome.others_grouped_count}"
         f" of {outcome.others:,} = {outcome.others_grouped:.2%} (goal <= 1%:"
         f" {'pass' if outcome.others_grouped <= 0.01 else '**miss**'}); largest group: {outcome.largest_group}",
@@ -293,28 +313,34 @@ def table(data: Dataset, outcome: Outcome, rule: NearDuplicateRule) -> list[str]
 
 
 def sweep(data: Dataset, thumbs: np.ndarray, pairs: np.ndarray, distances: np.ndarray, rule: NearDuplicateRule):
-    """Recall of the worst transform, over-grouping and cost against ``hash_bits``."""
-    lines = [
-        f"hash_bits sweep on {data.name} (rest of the rule as above)",
-        "",
-        "| hash_bits | candidates | worst recall (not crop) | crop recall | other images grouped | largest | us/pair |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for bits in (8, 10, 12, 14, 16):
-        outcome = evaluate(data, thumbs, pairs, distances, replace(rule, hash_bits=bits))
-        worst = min((v, k) for k, v in outcome.recall.items() if "reported" not in k)
-        crop = [v for k, v in outcome.recall.items() if "reported" in k]
-        lines.append(
-            f"| {bits} | {outcome.candidates:,} | {worst[0]:.2f} ({worst[1]}) | {crop[0] if crop else float('nan'):.2f}"
-            f" | {outcome.others_grouped:.2%} | {outcome.largest_group} | {outcome.seconds_per_pair * 1e6:.1f} |"
-        )
-    return [*lines, ""]
+    """Recall of the worst transform, over-grouping and cost against ``hash_bits`` and ``shift_bits``."""
+    lines = []
+    for name, values in (("hash_bits", (8, 10, 12, 14, 16)), ("shift_bits", (0, 2, 4))):
+        lines += [
+            f"{name} sweep on {data.name} (rest of the rule as above)",
+            "",
+            f"| {name} | candidates | worst recall (not crop) | crop recall | other images grouped | largest"
+            " | us/pair |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for bits in values:
+            outcome = evaluate(data, thumbs, pairs, distances, replace(rule, **{name: bits}))
+            worst = min((v, k) for k, v in outcome.recall.items() if "reported" not in k)
+            crop = [v for k, v in outcome.recall.items() if "reported" in k]
+            lines.append(
+                f"| {bits} | {outcome.candidates:,} | {worst[0]:.2f} ({worst[1]})"
+                f" | {crop[0] if crop else float('nan'):.2f} | {outcome.others_grouped:.2%} | {outcome.largest_group}"
+                f" | {outcome.seconds_per_pair * 1e6:.1f} |"
+            )
+        lines.append("")
+    return lines
 
 
 def measure(data: Dataset, rule: NearDuplicateRule, with_sweep: bool) -> list[str]:
     """Hash, thumbnail and evaluate one dataset; its markdown lines."""
     started = time.process_time()
-    direct, mirror = hashes(data.images)
+    direct, mirror, fourier, fourier_flip = hashes(data.images)
+    data = replace(data, fourier=(fourier, fourier_flip))
     hashed = time.process_time()
     thumbs = thumbnails(data.images, rule)
     thumbed = time.process_time()

@@ -125,10 +125,12 @@ class NearDuplicateRuleConfig(StrictModel):
     Pairs whose 64-bit hashes (of the images, or of one image's mirror) differ by at most ``hash_bits`` are
     candidates; a candidate is a near-duplicate when the normalised cross-correlation of the two images' blurred
     grey ``thumbnail`` px thumbnails, searched over shifts of ``max_shift`` px and the mirror, is at least
-    ``threshold``. More than ``max_candidates`` candidates fails the stage (confirming them would take minutes).
+    ``threshold``. Pairs whose shift-tolerant Fourier hashes differ by at most ``shift_bits`` are candidates too
+    (0: none). More than ``max_candidates`` candidates fails the stage (confirming them would take minutes).
     """
 
     hash_bits: Annotated[int, Field(ge=0, le=64)] = 10
+    shift_bits: Annotated[int, Field(ge=0, le=64)] = 2
     measure: Literal["ncc"] = "ncc"
     thumbnail: Annotated[int, Field(ge=8, le=256)] = 48
     blur: Annotated[float, Field(ge=0.0, le=16.0)] = 1.5

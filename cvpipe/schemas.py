@@ -36,6 +36,9 @@ class ManifestSchema(pa.DataFrameModel):
     format: Series[str]
     phash: Series[str] = pa.Field(str_matches=_PHASH_OR_EMPTY)
     phash_flip: Series[str] = pa.Field(str_matches=_PHASH_OR_EMPTY)
+    # The shift-tolerant second candidate hash (cvpipe.imaging.hashes.fourier_hash_pair), same form.
+    fourier: Series[str] = pa.Field(str_matches=_PHASH_OR_EMPTY)
+    fourier_flip: Series[str] = pa.Field(str_matches=_PHASH_OR_EMPTY)
     status: Series[str] = pa.Field(isin=["ok", "quarantined"])
     reason: Series[str]
 
@@ -52,7 +55,7 @@ class ManifestSchema(pa.DataFrameModel):
 
     @pa.dataframe_check
     def ok_rows_are_complete(cls, frame: pd.DataFrame) -> Series[bool]:
-        """An ok row has a content hash, a label, a size and a perceptual hash."""
+        """An ok row has a content hash, a label, a size and both perceptual hashes."""
         ok = frame["status"] == "ok"
         complete = (
             frame["sha256"].str.len().eq(64)
@@ -62,6 +65,7 @@ class ManifestSchema(pa.DataFrameModel):
             & frame["width"].gt(0)
             & frame["height"].gt(0)
             & frame["phash"].str.len().eq(16)
+            & frame["fourier"].str.len().eq(16)
         )
         return ~ok | complete
 

@@ -45,6 +45,7 @@ from cvpipe.imaging.hashes import (
     describe,
     hash_bytes,
     hex_to_uint64,
+    shift_hashes_of,
 )
 from cvpipe.io import write_bytes_atomic, write_json_atomic
 
@@ -163,11 +164,13 @@ def confirmed_pairs(images: pd.DataFrame, hashes: np.ndarray, flipped: np.ndarra
     """
     rule = params.audit.near_duplicate
     try:
-        candidates = candidate_pairs(hashes, flipped, rule.hash_bits, rule.max_candidates)
+        shift = shift_hashes_of(images, rule.shift_bits)
+        candidates = candidate_pairs(hashes, flipped, rule.hash_bits, rule.max_candidates, shift=shift)
     except TooManyCandidates as error:
         raise DataError(
             f"audit: over {error.found:,} near-duplicate candidate pairs within audit.near_duplicate.hash_bits="
-            f"{rule.hash_bits} among {len(images):,} images (more than audit.near_duplicate.max_candidates="
+            f"{rule.hash_bits} (or shift_bits={rule.shift_bits}) among {len(images):,} images (more than "
+            "audit.near_duplicate.max_candidates="
             f"{rule.max_candidates:,}): lower audit.near_duplicate.hash_bits, or raise "
             "audit.near_duplicate.max_candidates"
         ) from None

@@ -40,7 +40,7 @@ from cvpipe import layout
 from cvpipe.config import IngestConfig, Params
 from cvpipe.errors import DataError, SourceError
 from cvpipe.imaging.archive import ArchiveReader, Member, MemberTable, data_overruns, scan_archive
-from cvpipe.imaging.hashes import decode_for_hash, hash_pair, load_hashers
+from cvpipe.imaging.hashes import decode_for_hash, fourier_hash_pair, hash_pair, load_hashers
 from cvpipe.imaging.images import (
     MAX_JPEG_SCANS,
     STILL_MULTIFRAME_FORMATS,
@@ -97,6 +97,8 @@ class Row:
     format: str = ""
     phash: str = ""
     phash_flip: str = ""
+    fourier: str = ""
+    fourier_flip: str = ""
     status: str = "ok"
     reason: str = ""
 
@@ -194,6 +196,7 @@ def _describe_image(row: Row, data: bytes, settings: Settings) -> Row:
     except Exception as error:
         return row.quarantine(f"image data does not decode ({type(error).__name__}: {error})"[:200])
     row.phash, row.phash_flip = hash_pair(upright)
+    row.fourier, row.fourier_flip = fourier_hash_pair(upright)
     return row
 
 

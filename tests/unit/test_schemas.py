@@ -20,6 +20,8 @@ def manifest_row(**overrides: object) -> dict:
         "format": "JPEG",
         "phash": "0" * 16,
         "phash_flip": "f" * 16,
+        "fourier": "0" * 16,
+        "fourier_flip": "f" * 16,
         "status": "ok",
         "reason": "",
     }
