@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install chromium demo test test-fast lint bench clean
+.PHONY: install chromium plots-offline demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ demo: install
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
+# `dvc plots show` offline: vega, vega-lite and vega-embed (the versions DVC's page loads from a CDN) fetched once
+# from npm and inlined in a page template under build/ (git-ignored); DVC's local, uncommitted config points to it.
+plots-offline: install
+	$(BIN)/python tools/plots_offline.py build/plots-offline
+	$(BIN)/dvc config --local plots.html_template ../build/plots-offline/template.html
 
 # Two pytest workers (pytest-xdist), one test file each at a time so that module fixtures (a DVC workspace,
 # a Prefect server) are built once: most tests wait on subprocesses, so two workers fit two cores.

@@ -193,7 +193,9 @@ def test_plots_are_layout_paths_inside_outs() -> None:
         (key, spec), *_ = entry.items() if isinstance(entry, dict) else [(entry, {})]
         y = (spec or {}).get("y")
         plotted.extend(Path(path) for path in y) if isinstance(y, dict) else plotted.append(Path(key))
-    expected = {layout.live_plots_dir(v) for v in VARIANT_NAMES}
+    # Each variant's curves: train and val of one metric overlaid in one plot (MNIST has no val split).
+    curves = [Path(split) / f"{metric}.tsv" for split in ("train", "val") for metric in ("loss", "accuracy")]
+    expected = {layout.live_plots_dir(v) / curve for v in VARIANT_NAMES for curve in curves}
     names = (layout.CONFUSION_NAME, layout.ROC_NAME, layout.CALIBRATION_NAME)
     expected |= {layout.plots_dir(v) / name for v in VARIANT_NAMES for name in names}
     expected |= {layout.MNIST_LIVE_PLOTS, layout.MNIST_PLOTS / layout.CONFUSION_NAME}
