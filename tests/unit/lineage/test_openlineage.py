@@ -202,7 +202,7 @@ def test_a_stage_posts_its_events_to_an_http_endpoint(
     inputs = [(tmp_path / path).as_posix() for path in ("data/raw/images.zip", "data/manifest/images.parquet")]
     assert [d["name"] for d in complete["inputs"]] == inputs
     outputs = {Path(d["name"]).name: d for d in complete["outputs"]}
-    assert set(outputs) == {"splits.parquet", "report.json"}
+    assert set(outputs) == {"splits.parquet", "report.json", "thumbnails"}
     version = outputs["splits.parquet"]["facets"]["version"]["datasetVersion"]
     assert version == dvc_hash(tmp_path / "data/splits/splits.parquet")["md5"]
     assert outputs["splits.parquet"]["facets"]["cvpipe_nearDuplicates"]["nearDuplicateGroups"] == 4
