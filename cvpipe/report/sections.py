@@ -364,7 +364,9 @@ def _split_summary(split_report: Path) -> str:
         facts += [
             (
                 "near-duplicate rule",
-                f"phash within {rule.get('hash_bits')} bits, then NCC >= {rule.get('threshold')} of "
+                f"phash within {rule.get('hash_bits')} bits"
+                + (f" or Fourier hash within {rule['shift_bits']} bits" if rule.get("shift_bits") else "")
+                + f", then NCC >= {rule.get('threshold')} of "
                 f"{rule.get('thumbnail')} px grey thumbnails (shift {rule.get('max_shift')} px, mirror)",
             ),
             ("candidate pairs / confirmed", f"{near.get('candidates', 0):,} / {near.get('confirmed', 0):,}"),

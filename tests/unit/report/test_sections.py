@@ -152,3 +152,17 @@ def test_split_section_shows_the_largest_groups_as_thumbnails_when_the_guard_sto
     assert "group 1 (30 images, cat): train/cat.0.jpg, " in html and "train/cat.7.jpg and 22 more" in html
     assert "a&lt;b" in html  # the second group is listed as text (no strip)
     assert _split_summary(tmp_path / "missing.json") == "<p>No split yet.</p>"
+
+
+def test_split_section_names_the_whole_near_duplicate_rule(tmp_path: Path) -> None:
+    from cvpipe.report.sections import _split_summary
+
+    rule = {"hash_bits": 10, "shift_bits": 2, "threshold": 0.993, "thumbnail": 48, "max_shift": 1}
+    report = {"counts": {"train": {"cat": 1}}, "policy": {"near_duplicate": rule}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    html = _split_summary(tmp_path / "report.json")
+    assert "phash within 10 bits or Fourier hash within 2 bits, then NCC &gt;= 0.993" in html
+    (tmp_path / "report.json").write_text(
+        json.dumps({**report, "policy": {"near_duplicate": {**rule, "shift_bits": 0}}})
+    )
+    assert "Fourier" not in _split_summary(tmp_path / "report.json")
