@@ -23,9 +23,11 @@ TINY_MODELS: dict[str, Any] = {
     "train": {name: {"epochs": 1, "batch_size": 8} for name in VARIANTS},
     "evaluate": {"batch_size": 16},
 }
-ALL_STAGES = {"download", "ingest", "split", "decode", "features", "audit", "report"} | {
-    f"{kind}@{name}" for kind in ("train", "evaluate") for name in VARIANTS
-} | {"mnist_data", "mnist_train", "mnist_evaluate"}
+ALL_STAGES = (
+    {"download", "ingest", "split", "decode", "features", "audit", "report"}
+    | {f"{kind}@{name}" for kind in ("train", "evaluate") for name in VARIANTS}
+    | {"mnist_data", "mnist_train", "mnist_evaluate"}
+)
 
 
 @pytest.fixture(scope="module")
