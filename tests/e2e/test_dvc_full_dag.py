@@ -23,11 +23,20 @@ TINY_MODELS: dict[str, Any] = {
     "train": {name: {"epochs": 1, "batch_size": 8} for name in VARIANTS},
     "evaluate": {"batch_size": 16},
 }
-ALL_STAGES = (
-    {"download", "ingest", "split", "decode", "features", "audit", "report"}
-    | {f"{kind}@{name}" for kind in ("train", "evaluate") for name in VARIANTS}
-    | {"mnist_data", "mnist_train", "mnist_evaluate"}
-)
+
+
+def dag_stages(dvc_yaml: Path) -> set[str]:
+    """Every stage of dvc.yaml by DVC's name (a foreach stage per item: ``train@scratch``)."""
+    stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"]
+    return {
+        f"{name}@{item}" if "foreach" in body else name
+        for name, body in stages.items()
+        for item in body.get("foreach") or [None]
+    }
+
+
+ALL_STAGES = dag_stages(ROOT / "dvc.yaml")
+assert {f"train@{name}" for name in VARIANTS} <= ALL_STAGES
 
 
 @pytest.fixture(scope="module")
