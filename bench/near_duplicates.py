@@ -20,7 +20,7 @@ the fraction of the *other* images (neither planted nor an original of a planted
 group, and the largest group; for contrast the same for today's rule (hash candidates joined unconfirmed);
 and the confirmation's time per candidate pair. Then sweeps of ``hash_bits`` and ``shift_bits``.
 
-    .venv/bin/python bench/near_duplicates.py [--copies 50] [--upscale nearest] [--synthetic-per-class 600]
+    .venv/bin/python -m bench.near_duplicates [--copies 50] [--upscale nearest] [--synthetic-per-class 600]
         [--out bench/results/near-duplicates-<date>.md]
 """
 
@@ -30,7 +30,6 @@ import argparse
 import datetime as dt
 import io
 import subprocess
-import sys
 import tempfile
 import time
 import zipfile
@@ -41,11 +40,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from cvpipe.imaging.confirm import NearDuplicateRule, confirm_pairs, thumbnails
 from cvpipe.imaging.guard import GroupGuard, group_problem
-from cvpipe.imaging.hashes import ShiftHashes, fourier_hash_pair, shift_pairs
+from cvpipe.imaging.hashes import ShiftHashes, connected_groups, fourier_hash_pair, shift_pairs
 from cvpipe.imaging.images import decode_oriented
 
 SIDE = 80
@@ -210,23 +207,6 @@ def hash_distances(direct: np.ndarray, mirror: np.ndarray) -> tuple[np.ndarray, 
     return np.concatenate(pairs), np.concatenate(distances)
 
 
-def components(count: int, pairs: np.ndarray) -> np.ndarray:
-    """Each item's component root under single linkage of ``pairs``."""
-    parent = np.arange(count)
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in pairs.tolist():
-        a, b = root(i), root(j)
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-    return np.array([root(i) for i in range(count)])
-
-
 @dataclass(frozen=True)
 class Outcome:
     """What one rule did to one dataset."""
@@ -252,8 +232,8 @@ def evaluate(data: Dataset, thumbs: np.ndarray, pairs: np.ndarray, distances: np
     started = time.process_time()
     confirmed, _ = confirm_pairs(thumbs, candidates, rule)
     seconds = (time.process_time() - started) / max(len(candidates), 1)
-    roots = components(len(data.images), candidates[confirmed])
-    loose = components(len(data.images), candidates)
+    roots = connected_groups(len(data.images), candidates[confirmed])
+    loose = connected_groups(len(data.images), candidates)
     candidate_set = {(int(i), int(j)) for i, j in candidates}
     kinds = list(dict.fromkeys(kind for _, _, kind in data.planted))
     recall_hash = {
