@@ -24,15 +24,21 @@ chromium:
 
 # `dvc plots show` offline: vega, vega-lite and vega-embed (the versions DVC's page loads from a CDN) fetched once
 # from npm and inlined in a page template under build/ (git-ignored); DVC's local, uncommitted config points to it.
-plots-offline: install
+# `dvc plots show` offline: vega, vega-lite and vega-embed (the versions DVC names) fetched from npm once and
+# inlined into an HTML template under build/; plots-offline also points this checkout's DVC at it.
+PLOTS_TEMPLATE := build/plots-offline/template.html
+
+$(PLOTS_TEMPLATE): tools/plots_offline.py $(STAMP)
 	$(BIN)/python tools/plots_offline.py build/plots-offline
-	$(BIN)/dvc config --local plots.html_template ../build/plots-offline/template.html
+
+plots-offline: $(PLOTS_TEMPLATE)
+	$(BIN)/dvc config --local plots.html_template ../$(PLOTS_TEMPLATE)
 
 # Two pytest workers (pytest-xdist), one test file each at a time so that module fixtures (a DVC workspace,
 # a Prefect server) are built once: most tests wait on subprocesses, so two workers fit two cores.
 TEST_WORKERS ?= 2
 
-test: install chromium
+test: install chromium $(PLOTS_TEMPLATE)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile

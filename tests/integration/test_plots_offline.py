@@ -69,8 +69,7 @@ def _variant_plots() -> list[dict[str, object]]:
 
 @pytest.mark.slow
 def test_dvc_plots_show_with_the_template_draws_offline(tmp_path: Path) -> None:
-    if not BUILT.is_file():
-        pytest.skip("no offline template: run `make plots-offline` (it fetches vega from npm)")
+    assert BUILT.is_file(), "no offline template: `make plots-offline` builds it (make test does, from npm)"
     repo = tmp_path / "repo"
     repo.mkdir()
     run_tool(["git", "init", "-q"], repo)
@@ -90,8 +89,7 @@ def test_dvc_plots_show_with_the_template_draws_offline(tmp_path: Path) -> None:
             assert f'"filename": "{split}/{metric}.tsv"' in html
 
     chromium = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
-    if chromium is None:
-        pytest.skip("no Chromium: `make chromium` installs it")
+    assert chromium, "no Chromium: `make chromium` installs it (make test does)"
     args = [
         chromium,
         "--headless=new",
