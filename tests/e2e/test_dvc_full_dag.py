@@ -76,7 +76,9 @@ def test_nothing_reruns_then_one_variant_reruns_alone(workspace: Path) -> None:
 def test_features_change_reruns_features_and_their_readers_only(workspace: Path) -> None:
     set_param(workspace, "features", "dtype", "float16")
     ran, _ = repro(workspace)
-    assert ran == {"features", "train@feature_extraction", "evaluate@feature_extraction", "report"}
+    # The feature cache's readers: the dense head, and the two audits over the cached VGG16 vectors.
+    readers = {"train@feature_extraction", "evaluate@feature_extraction", "label_audit", "embedding_audit"}
+    assert ran == {"features", *readers, "report"}
     set_param(workspace, "features", "weights", "none")  # unchanged value: nothing to do
     assert repro(workspace)[0] == set()
 
