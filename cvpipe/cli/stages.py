@@ -298,6 +298,8 @@ def mnist_data(
     from cvpipe.stages import mnist_data as stage
 
     cfg = read_params(params)
+    if cfg.mnist.source == "keras":
+        load_keras()  # Keras's own fetch of mnist.npz
     source = [cfg.mnist.path] if cfg.mnist.path is not None else []
     with track_stage(
         "mnist-data", stage="mnist_data", inputs=source, outputs=[out], params_file=params, sections=["mnist"]
@@ -315,8 +317,9 @@ def mnist_train(
 ) -> None:
     """MNIST train stage: the seed's 8.1 convnet, 5 epochs of RMSprop on the 60,000 training digits."""
     cfg = read_params(params)
+    load_keras()  # after the params are checked
 
-    from cvpipe.stages import mnist_train as stage  # imports Keras: after the params are checked
+    from cvpipe.stages import mnist_train as stage
 
     paths = stage.MnistTrainPaths(inputs=inputs, model=model, out=out)
     with (
@@ -344,8 +347,9 @@ def mnist_evaluate(
 ) -> None:
     """MNIST evaluate stage: test accuracy, loss, per-digit precision/recall/F1, ROC AUC, 10 x 10 confusion."""
     cfg = read_params(params)
+    load_keras()  # after the params are checked
 
-    from cvpipe.stages import mnist_evaluate as stage  # imports Keras: after the params are checked
+    from cvpipe.stages import mnist_evaluate as stage
 
     paths = stage.MnistEvaluatePaths(inputs=inputs, model=model, metrics=metrics, plots=plots, predictions=predictions)
     with track_stage(
