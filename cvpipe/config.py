@@ -24,6 +24,8 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 # check and then failed inside a stage as an internal error).
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
+# ``features.weights`` for a seeded random VGG16 base: the offline demo; audits over its features mean nothing.
+RANDOM_WEIGHTS = "none"
 # The seed's five training variants, in the order the walkthrough trains them (fine_tuning starts from
 # feature_extraction_aug's model). TrainConfig has one section per name.
 VARIANTS: tuple[str, ...] = ("scratch", "scratch_aug", "feature_extraction", "feature_extraction_aug", "fine_tuning")

@@ -16,6 +16,7 @@ import typer
 
 from cvpipe import layout
 from cvpipe.cli.core import ParamsOption, app, load_keras, progress_bar, read_params
+from cvpipe.config import RANDOM_WEIGHTS
 from cvpipe.errors import ConfigError
 from cvpipe.lineage import track_stage
 from cvpipe.ml.variants import NAMES as VARIANT_NAMES
@@ -385,7 +386,8 @@ def label_audit(
         sections=["audit", "data"],
     ) as run:
         summary = run.summary = stage.run(cfg, paths)
-    log.info("label audit: %d suspected mislabel(s) of %d images", summary.issues, summary.images)
+    random = " (random VGG16 weights: not meaningful)" if summary.weights == RANDOM_WEIGHTS else ""
+    log.info("label audit: %d suspected mislabel(s) of %d images%s", summary.issues, summary.images, random)
 
 
 @app.command("embedding-audit")

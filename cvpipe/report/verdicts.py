@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cvpipe import layout
+from cvpipe.config import RANDOM_WEIGHTS
 from cvpipe.report.charts import line_chart
 from cvpipe.report.html import esc, image_grid, jpeg_data_uri, number, table, td, value_cell
 
@@ -211,7 +212,13 @@ def label_issues_section(issues_path: Path, metrics_path: Path, images_dir: Path
         return "<p>No label-issue audit yet (run the label_audit stage).</p>"
     issues = pd.read_parquet(issues_path)
     summary = _read_json(metrics_path)
-    parts = [
+    parts = []
+    if summary.get("weights") == RANDOM_WEIGHTS:
+        parts.append(
+            '<p class="verdict failed">Not meaningful: the out-of-fold model reads VGG16 features of random weights '
+            "(features.weights: none), so a low self-confidence says nothing about the label.</p>"
+        )
+    parts += [
         f"<p>Confident learning on out-of-fold probabilities ({esc(summary.get('model', '?'))}, "
         f"{esc(summary.get('folds', '?'))} folds over train+val): {len(issues)} of {esc(summary.get('images', '?'))} "
         "images look mislabelled. Labels are never changed; to leave these members out of the next split, list "

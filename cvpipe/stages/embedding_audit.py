@@ -29,7 +29,7 @@ import pandas as pd
 from PIL import Image
 
 from cvpipe import layout
-from cvpipe.config import SPLITS, Params
+from cvpipe.config import RANDOM_WEIGHTS, SPLITS, Params
 from cvpipe.errors import DataError
 from cvpipe.io import write_bytes_atomic, write_json_atomic
 from cvpipe.ml.embeddings import TooManyPairs, cross_split_pairs, embed
@@ -37,7 +37,6 @@ from cvpipe.ml.embeddings import TooManyPairs, cross_split_pairs, embed
 logger = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 128
-RANDOM_WEIGHTS = "none"
 METHOD = "cosine similarity of global-average-pooled, L2-normalised VGG16 features"
 METRIC_FIELDS = ("images", "cross_split_pairs", "meaningful", "passed")
 

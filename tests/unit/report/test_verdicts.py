@@ -82,3 +82,9 @@ def test_label_issues_section_lists_the_ranked_suspects(tmp_path: Path) -> None:
         tmp_path / "label_issues.parquet", tmp_path / "label_metrics.json", tmp_path / "images", 4
     )
     assert "v/cat.3.jpg" in html and "split.exclude" in html and "data:image/jpeg" in html
+    assert "Not meaningful" not in html
+    (tmp_path / "label_metrics.json").write_text(json.dumps({"model": "logistic regression", "weights": "none"}))
+    html = verdicts.label_issues_section(
+        tmp_path / "label_issues.parquet", tmp_path / "label_metrics.json", tmp_path / "images", 4
+    )
+    assert "Not meaningful" in html and "v/cat.3.jpg" in html
