@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 @app.command()
-def check(params: ParamsOption = Path("params.yaml")) -> None:
+def check(params: ParamsOption = layout.PARAMS_FILE) -> None:
     """Validate the whole params file (every key, and the files it names) and print the effective configuration.
 
     ``dvc repro`` only reruns stages whose listed keys changed, so a typo in a key no stage lists passes it
@@ -49,7 +49,7 @@ def check(params: ParamsOption = Path("params.yaml")) -> None:
 def download(
     out: Annotated[Path, typer.Option(help="Output folder (archive + SOURCE.json).")] = layout.RAW_DIR,
     staging: Annotated[Path, typer.Option(help="Download cache outside DVC outputs.")] = layout.STAGING_DIR,
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = layout.PARAMS_FILE,
 ) -> None:
     """Download stage: fetch the source (Kaggle, synthetic, local) into one archive + SOURCE.json."""
     from cvpipe.stages import download as stage
@@ -69,7 +69,7 @@ def download(
 def ingest(
     archive: Annotated[Path, typer.Option(help="The raw archive.")] = layout.ARCHIVE,
     out: Annotated[Path, typer.Option(help="Output folder (manifest + report).")] = layout.MANIFEST_DIR,
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = layout.PARAMS_FILE,
 ) -> None:
     """Ingest stage: validate every image of the archive into a manifest, quarantining bad files."""
     from cvpipe.stages import ingest as stage
@@ -93,7 +93,7 @@ def split(
     archive: Annotated[Path, typer.Option(help="The raw archive (near-duplicate candidates' pixels).")] = (
         layout.ARCHIVE
     ),
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = layout.PARAMS_FILE,
 ) -> None:
     """Split stage: stratified, seeded train/val/test split with near-duplicates kept together."""
     from cvpipe.stages import split as stage
@@ -112,7 +112,7 @@ def decode(
     archive: Annotated[Path, typer.Option(help="The raw archive.")] = layout.ARCHIVE,
     splits: Annotated[Path, typer.Option(help="The split table.")] = layout.SPLITS,
     out: Annotated[Path, typer.Option(help="Output folder (.npy caches).")] = layout.IMAGES_CACHE,
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = layout.PARAMS_FILE,
 ) -> None:
     """Decode stage: cache every split as a uint8 N x S x S x 3 .npy in split order."""
     from cvpipe.stages import decode as stage
@@ -130,7 +130,7 @@ def decode(
 def features(
     images: Annotated[Path, typer.Option(help="The decoded-image cache.")] = layout.IMAGES_CACHE,
     out: Annotated[Path, typer.Option(help="Output folder (VGG16 feature .npy files).")] = layout.FEATURES_CACHE,
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = layout.PARAMS_FILE,
 ) -> None:
     """Features stage: one streaming VGG16 conv-base pass per split over the decoded cache."""
     cfg = read_params(params)
@@ -164,7 +164,7 @@ def train(
     init: Annotated[
         Path | None, typer.Option(help="The model to start from: required for fine_tuning (its parent's .keras).")
     ] = None,
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = layout.PARAMS_FILE,
 ) -> None:
     """Train stage: fit one variant on the train split, keep the best epoch on val."""
     parent = get_variant(variant).parent
@@ -200,7 +200,7 @@ def evaluate(
         Path | None, typer.Option(help="Per-image predictions parquet to write (member, sha256, verdict).")
     ] = None,
     splits: Annotated[Path, typer.Option(help="The split table (names the test rows).")] = layout.SPLITS,
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = layout.PARAMS_FILE,
 ) -> None:
     """Evaluate stage: test accuracy, loss, per-class precision/recall/F1, ROC AUC, confusion matrix."""
     cfg = read_params(params)
@@ -231,7 +231,7 @@ def audit(
     manifest: Annotated[Path, typer.Option(help="The manifest.")] = layout.MANIFEST,
     splits: Annotated[Path, typer.Option(help="The split table.")] = layout.SPLITS,
     out: Annotated[Path, typer.Option(help="Output folder (report, metrics, thumbnails).")] = layout.AUDIT_DIR,
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = layout.PARAMS_FILE,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Audit stage: exact and near-duplicates within and across splits; fails on leaks beyond audit.*."""
@@ -264,7 +264,7 @@ def audit(
 @app.command()
 def report(
     out: Annotated[Path, typer.Option(help="The HTML file to write.")] = layout.REPORT_HTML,
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = layout.PARAMS_FILE,
 ) -> None:
     """Report stage: reports/index.html (metrics vs the seed, curves, data, augmentation, audit, lineage)."""
     import dataclasses
@@ -293,7 +293,7 @@ def report(
 @app.command("mnist-data")
 def mnist_data(
     out: Annotated[Path, typer.Option(help="Output folder (the MNIST cache + SOURCE.json).")] = layout.MNIST_CACHE,
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = layout.PARAMS_FILE,
 ) -> None:
     """MNIST data stage: Keras's mnist.npz, a local .npz or IDX folder, or drawn digits, validated and cached."""
     from cvpipe.stages import mnist_data as stage
@@ -314,7 +314,7 @@ def mnist_train(
     inputs: Annotated[Path, typer.Option(help="The MNIST cache.")] = layout.MNIST_CACHE,
     model: Annotated[Path, typer.Option(help="The .keras file to write.")] = layout.MNIST_MODEL,
     out: Annotated[Path, typer.Option(help="Folder for history and training curves.")] = layout.MNIST_TRAIN_DIR,
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = layout.PARAMS_FILE,
 ) -> None:
     """MNIST train stage: the seed's 8.1 convnet, 5 epochs of RMSprop on the 60,000 training digits."""
     cfg = read_params(params)
@@ -344,7 +344,7 @@ def mnist_evaluate(
     metrics: Annotated[Path, typer.Option(help="Metrics JSON to write.")] = layout.MNIST_METRICS,
     plots: Annotated[Path, typer.Option(help="Folder for confusion and ROC data.")] = layout.MNIST_PLOTS,
     predictions: Annotated[Path, typer.Option(help="Per-image test predictions (parquet).")] = layout.MNIST_PREDICTIONS,
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = layout.PARAMS_FILE,
 ) -> None:
     """MNIST evaluate stage: test accuracy, loss, per-digit precision/recall/F1, ROC AUC, 10 x 10 confusion."""
     cfg = read_params(params)
@@ -371,7 +371,7 @@ def label_audit(
     splits: Annotated[Path, typer.Option(help="The split table (names the rows).")] = layout.SPLITS,
     issues: Annotated[Path, typer.Option(help="Suspected mislabels to write.")] = layout.LABEL_ISSUES,
     metrics: Annotated[Path, typer.Option(help="Summary JSON to write.")] = layout.LABEL_AUDIT_METRICS,
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = layout.PARAMS_FILE,
 ) -> None:
     """Label-audit stage: suspected mislabels in train+val by confident learning; never changes a label."""
     from cvpipe.stages import label_audit as stage
@@ -403,7 +403,7 @@ def embedding_audit(
     thumbnails: Annotated[
         Path, typer.Option(help="Folder for the pairs' thumbnails.")
     ] = layout.EMBEDDING_AUDIT_THUMBNAILS,
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = layout.PARAMS_FILE,
 ) -> None:
     """Embedding-audit stage: image pairs across splits by VGG16 cosine similarity; fails beyond audit.embedding.*."""
     from cvpipe.stages import embedding_audit as stage
