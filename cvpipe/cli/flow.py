@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cvpipe import layout
 from cvpipe.cli.core import app
 from cvpipe.errors import ConfigError, CvpipeError
 
@@ -100,7 +101,7 @@ def check_params(project_dir: Path, params_file: str) -> None:
     from cvpipe.config import deep_merge, missing_files, parse_params, read_overlay
 
     project = Path(project_dir)
-    target = project / "params.yaml"
+    target = project / layout.PARAMS_FILE
     merged = read_overlay(target)
     origin = str(target)
     if (project / params_file).resolve() != target.resolve():

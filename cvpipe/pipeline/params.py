@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cvpipe import layout
 from cvpipe.config import deep_merge, load_params, parse_params, read_overlay
 
-PARAMS_YAML = "params.yaml"
+PARAMS_YAML = str(layout.PARAMS_FILE)
 
 
 def changed_keys(before: Any, after: Any, prefix: str = "") -> list[str]:
