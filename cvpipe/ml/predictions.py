@@ -13,7 +13,6 @@ A cache without a split table (MNIST's: its digits come from an ``.npz``, not an
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from cvpipe.errors import DataError
+from cvpipe.io import sha256_bytes
 
 PROBABILITY_PREFIX = "p_"
 """Column ``p_<class>``: the model's probability of that class."""
@@ -69,7 +69,7 @@ def array_rows(images: np.ndarray, labels: np.ndarray, prefix: str) -> pd.DataFr
         {
             "row": np.arange(len(images), dtype=np.int64),
             "member": [f"{prefix}/{index}" for index in range(len(images))],
-            "sha256": [hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest() for image in images],
+            "sha256": [sha256_bytes(np.ascontiguousarray(image).tobytes()) for image in images],
             "label_index": np.asarray(labels).astype(np.int64),
         }
     )

@@ -37,7 +37,7 @@ from PIL import Image, ImageDraw
 
 from cvpipe.config import MnistConfig, MnistSyntheticConfig
 from cvpipe.errors import SourceError
-from cvpipe.io import sha256_file
+from cvpipe.io import sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -388,7 +388,7 @@ def _idx_paths(folder: Path) -> list[Path]:
 
 def _combined_sha256(files: dict[str, str]) -> str:
     lines = "".join(f"{sha}  {name}\n" for name, sha in files.items())
-    return hashlib.sha256(lines.encode("utf-8")).hexdigest()
+    return sha256_bytes(lines.encode("utf-8"))
 
 
 def _reason(error: BaseException) -> str:
