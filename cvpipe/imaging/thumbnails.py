@@ -26,22 +26,29 @@ SIDE = 96
 """Side of each member's square slot, pixels."""
 MEMBERS_SHOWN = 8
 """Members drawn per group: a group of 2,000 is shown by its first eight (the report lists the count)."""
+PAIR_SIDE = 128
+PAIR_GAP = 8
 INDEX_NAME = "index.json"
 _GAP = 4
 _GREY = (128, 128, 128)
 
 
-def group_strip(archive: zipfile.ZipFile, members: Sequence[str], side: int = SIDE) -> bytes:
-    """``members`` side by side, each fitted into a ``side`` px square on grey, as one JPEG."""
-    canvas = Image.new("RGB", (len(members) * (side + _GAP) - _GAP, side), _GREY)
+def group_strip(archive: zipfile.ZipFile, members: Sequence[str], side: int = SIDE, gap: int = _GAP) -> bytes:
+    """``members`` side by side, each fitted into a ``side`` px square on grey, ``gap`` px apart, as one JPEG."""
+    canvas = Image.new("RGB", (len(members) * (side + gap) - gap, side), _GREY)
     for slot, member in enumerate(members):
         image = decode_oriented(archive.read(member), draft_size=side)
         image.thumbnail((side, side), Image.Resampling.LANCZOS)
-        left = slot * (side + _GAP) + (side - image.width) // 2
+        left = slot * (side + gap) + (side - image.width) // 2
         canvas.paste(image.convert("RGB"), (left, (side - image.height) // 2))
     buffer = io.BytesIO()
     canvas.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
+
+
+def pair_strip(archive: zipfile.ZipFile, first: str, second: str) -> bytes:
+    """The two images of a suspect pair side by side: the audits' thumbnails (larger than a group's)."""
+    return group_strip(archive, (first, second), side=PAIR_SIDE, gap=PAIR_GAP)
 
 
 def write_group_thumbnails(

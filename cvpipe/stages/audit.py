@@ -21,7 +21,6 @@ the report, so the pipeline stops before a leaky split is trusted.
 
 from __future__ import annotations
 
-import io
 import logging
 import zipfile
 from collections.abc import Callable
@@ -31,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from cvpipe import layout
 from cvpipe.config import SPLITS, Params
@@ -47,11 +45,11 @@ from cvpipe.imaging.hashes import (
     hex_to_uint64,
     shift_hashes_of,
 )
+from cvpipe.imaging.thumbnails import pair_strip
 from cvpipe.io import write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-THUMBNAIL_SIDE = 128
 UNUSED = "unused"
 # Pair classes, in the order the report lists them (leaks first).
 KINDS = ("cross_split", "within_split", "one_unused", "unused")
@@ -258,27 +256,6 @@ def describe_pairs(images: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _thumbnail(archive: zipfile.ZipFile, member: str) -> Image.Image:
-    from cvpipe.imaging.images import decode_oriented
-
-    image = decode_oriented(archive.read(member), draft_size=THUMBNAIL_SIDE)
-    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
-    return image
-
-
-def pair_thumbnail(archive: zipfile.ZipFile, first: str, second: str) -> bytes:
-    """Both images of a pair side by side on grey, as a JPEG."""
-    gap = 8
-    canvas = Image.new("RGB", (2 * THUMBNAIL_SIDE + gap, THUMBNAIL_SIDE), (128, 128, 128))
-    for slot, member in enumerate((first, second)):
-        image = _thumbnail(archive, member)
-        left = slot * (THUMBNAIL_SIDE + gap) + (THUMBNAIL_SIDE - image.width) // 2
-        canvas.paste(image, (left, (THUMBNAIL_SIDE - image.height) // 2))
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue()
-
-
 def write_thumbnails(archive_path: Path, pairs: list[dict[str, Any]], out_dir: Path, limit: int) -> None:
     """Thumbnails of the first ``limit`` pairs into ``out_dir``; each pair gets its ``thumbnail`` name."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -286,7 +263,7 @@ def write_thumbnails(archive_path: Path, pairs: list[dict[str, Any]], out_dir: P
     with zipfile.ZipFile(archive_path) as archive:
         for number, pair in enumerate(pairs[:limit], start=1):
             name = f"pair-{number:04d}.jpg"
-            write_bytes_atomic(out_dir / name, pair_thumbnail(archive, pair["a"], pair["b"]))
+            write_bytes_atomic(out_dir / name, pair_strip(archive, pair["a"], pair["b"]))
             pair["thumbnail"] = f"{layout.THUMBNAILS_DIR_NAME}/{name}"
             index.append({"file": name, "a": pair["a"], "b": pair["b"], "kind": pair["kind"]})
     # Always written, so the folder exists (a DVC output) even when there is nothing suspect.

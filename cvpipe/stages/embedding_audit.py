@@ -16,7 +16,6 @@ the report and summary say the audit is not meaningful and the stage never fails
 
 from __future__ import annotations
 
-import io
 import logging
 import zipfile
 from collections.abc import Callable
@@ -26,17 +25,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from cvpipe import layout
 from cvpipe.config import RANDOM_WEIGHTS, SPLITS, Params
 from cvpipe.errors import DataError
+from cvpipe.imaging.thumbnails import pair_strip
 from cvpipe.io import write_bytes_atomic, write_json_atomic
 from cvpipe.ml.embeddings import TooManyPairs, cross_split_pairs, embed
 
 logger = logging.getLogger(__name__)
 
-THUMBNAIL_SIDE = 128
 METHOD = "cosine similarity of global-average-pooled, L2-normalised VGG16 features"
 METRIC_FIELDS = ("images", "cross_split_pairs", "meaningful", "passed")
 
@@ -197,26 +195,11 @@ def _write_thumbnails(archive_path: Path, pairs: list[dict[str, Any]], out_dir: 
         with zipfile.ZipFile(archive_path) as archive:
             for number, pair in enumerate(pairs[:limit], start=1):
                 name = f"pair-{number:04d}.jpg"
-                write_bytes_atomic(out_dir / name, _pair_thumbnail(archive, pair["a"], pair["b"]))
+                write_bytes_atomic(out_dir / name, pair_strip(archive, pair["a"], pair["b"]))
                 pair["thumbnail"] = f"{out_dir.name}/{name}"
                 index.append({"file": name, "a": pair["a"], "b": pair["b"], "similarity": pair["similarity"]})
     # Always written, so the folder exists (a DVC output) even when no pair is listed.
     write_json_atomic(out_dir / "index.json", index)
-
-
-def _pair_thumbnail(archive: zipfile.ZipFile, first: str, second: str) -> bytes:
-    from cvpipe.imaging.images import decode_oriented
-
-    gap = 8
-    canvas = Image.new("RGB", (2 * THUMBNAIL_SIDE + gap, THUMBNAIL_SIDE), (128, 128, 128))
-    for slot, member in enumerate((first, second)):
-        image = decode_oriented(archive.read(member), draft_size=THUMBNAIL_SIDE)
-        image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
-        left = slot * (THUMBNAIL_SIDE + gap) + (THUMBNAIL_SIDE - image.width) // 2
-        canvas.paste(image.convert("RGB"), (left, (THUMBNAIL_SIDE - image.height) // 2))
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue()
 
 
 def features_weights(cache: Path) -> str | None:
