@@ -116,7 +116,14 @@ def load_keras() -> None:
     TensorFlow; later ``import keras`` lines are then free and silent.
     """
     with native_noise_filtered():
-        import keras  # noqa: F401
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            # TensorFlow initialises CUDA (and prints "failed call to cuInit" on a CPU machine) at its first
+            # device query, which may come after the import: make it happen here, inside the filter.
+            tf.config.list_physical_devices()
 
 
 @contextlib.contextmanager
