@@ -15,11 +15,14 @@ Only as meaningful as the features: with random VGG16 weights similar vectors do
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from cvpipe import layout
 from cvpipe.errors import DataError
 
 DEFAULT_BLOCK = 2048
@@ -150,3 +153,17 @@ def recall_precision(found: set[tuple[int, int]], planted: set[tuple[int, int]])
     recall = hits / len(planted) if planted else 1.0
     precision = hits / len(found) if found else 1.0
     return recall, precision
+
+
+def features_weights(cache: Path) -> str | None:
+    """The weights spec a feature cache was computed with, as the features stage recorded it.
+
+    Read from the cache's ``features.json`` (imagenet, none, a file); None when it is not recorded. Both audits
+    over the cached vectors use it to say when their verdict means nothing (random weights).
+    """
+    try:
+        meta = json.loads((Path(cache) / layout.FEATURES_META_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    weights = meta.get("weights")
+    return str(weights.get("spec")) if isinstance(weights, dict) else None

@@ -31,7 +31,7 @@ from cvpipe.config import RANDOM_WEIGHTS, SPLITS, Params
 from cvpipe.errors import DataError
 from cvpipe.imaging.thumbnails import pair_strip
 from cvpipe.io import write_bytes_atomic, write_json_atomic
-from cvpipe.ml.embeddings import TooManyPairs, cross_split_pairs, embed
+from cvpipe.ml.embeddings import TooManyPairs, cross_split_pairs, embed, features_weights
 
 logger = logging.getLogger(__name__)
 
@@ -200,15 +200,3 @@ def _write_thumbnails(archive_path: Path, pairs: list[dict[str, Any]], out_dir: 
                 index.append({"file": name, "a": pair["a"], "b": pair["b"], "similarity": pair["similarity"]})
     # Always written, so the folder exists (a DVC output) even when no pair is listed.
     write_json_atomic(out_dir / "index.json", index)
-
-
-def features_weights(cache: Path) -> str | None:
-    """The features' weights spec as the features stage recorded it (``features.json``), or None if unknown."""
-    import json
-
-    try:
-        meta = json.loads((Path(cache) / layout.FEATURES_META_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    weights = meta.get("weights")
-    return str(weights.get("spec")) if isinstance(weights, dict) else None

@@ -26,6 +26,7 @@ from cvpipe.config import Params
 from cvpipe.errors import DataError
 from cvpipe.io import write_json_atomic, write_parquet
 from cvpipe.ml.confident import find_label_issues, out_of_fold_probabilities, pooled_features
+from cvpipe.ml.embeddings import features_weights
 from cvpipe.ml.predictions import split_rows
 
 logger = logging.getLogger(__name__)
@@ -125,15 +126,3 @@ def _load(cache: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     if len(array) == 0 or len(array) != len(labels):
         raise DataError(f"label audit: {path} has {len(array)} rows and {len(labels)} labels (need as many, > 0)")
     return array, labels
-
-
-def features_weights(cache: Path) -> str | None:
-    """The features' weights spec as the features stage recorded it (``features.json``: imagenet, none, a file)."""
-    import json
-
-    try:
-        meta = json.loads((Path(cache) / layout.FEATURES_META_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    weights = meta.get("weights")
-    return str(weights.get("spec")) if isinstance(weights, dict) else None
