@@ -221,6 +221,14 @@ def write_npy_atomic(path: Path, array: np.ndarray) -> None:
         np.save(handle, array)
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file's content, or None when it is missing or unreadable (an optional input: a report, a record)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write ``payload`` as stable, sorted, indented JSON (byte-identical for equal payloads)."""
     text = json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"

@@ -21,7 +21,6 @@ so nothing leaves the machine unless asked to. Sending never breaks a stage: a f
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import traceback
@@ -47,6 +46,7 @@ from openlineage.client.facet_v2 import (
     set_producer,
 )
 
+from cvpipe.io import read_json
 from cvpipe.lineage.secrets import redact, secret_values
 from cvpipe.lineage.transport import keep_event, make_client
 from cvpipe.lineage.transport import user_configured as user_configured
@@ -200,10 +200,7 @@ def _parquet_facets(path: Path) -> dict[str, DatasetFacet]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    data = read_json(path)
     return data if isinstance(data, dict) else {}
 
 

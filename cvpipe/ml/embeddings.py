@@ -15,7 +15,6 @@ Only as meaningful as the features: with random VGG16 weights similar vectors do
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 
 from cvpipe import layout
 from cvpipe.errors import DataError
+from cvpipe.io import read_json
 
 DEFAULT_BLOCK = 2048
 
@@ -161,9 +161,6 @@ def features_weights(cache: Path) -> str | None:
     Read from the cache's ``features.json`` (imagenet, none, a file); None when it is not recorded. Both audits
     over the cached vectors use it to say when their verdict means nothing (random weights).
     """
-    try:
-        meta = json.loads((Path(cache) / layout.FEATURES_META_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    weights = meta.get("weights")
+    meta = read_json(Path(cache) / layout.FEATURES_META_NAME)
+    weights = meta.get("weights") if isinstance(meta, dict) else None
     return str(weights.get("spec")) if isinstance(weights, dict) else None

@@ -6,13 +6,13 @@ The flow publishes these as Prefect artifacts; they are plain data here, read fr
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cvpipe import layout
+from cvpipe.io import read_json
 from cvpipe.pipeline.repro import StageOutcome
 
 
@@ -41,13 +41,6 @@ class RunReport:
         return ". ".join(parts)
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, Mapping):
         return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}{key}.").items()}
@@ -60,7 +53,7 @@ def metrics_rows(project_dir: Path) -> list[dict[str, Any]]:
     """One row per ``reports/metrics/<variant>.json``: the variant and its scalar metrics, flattened."""
     rows = []
     for path in sorted((project_dir / layout.METRICS_DIR).glob("*.json")):
-        data = _read_json(path)
+        data = read_json(path)
         if isinstance(data, Mapping):
             rows.append({"variant": path.stem, **_flatten(data)})
     return rows
@@ -69,20 +62,20 @@ def metrics_rows(project_dir: Path) -> list[dict[str, Any]]:
 def lineage(project_dir: Path) -> dict[str, Any]:
     """What the data stages recorded: source, archive sha256, split counts, quarantine count (when present)."""
     facts: dict[str, Any] = {}
-    source = _read_json(project_dir / layout.SOURCE)
+    source = read_json(project_dir / layout.SOURCE)
     if isinstance(source, Mapping):
         archive = source.get("archive") or {}
         facts.update(
             source=source.get("source"), archive_sha256=archive.get("sha256"), archive_bytes=archive.get("bytes")
         )
         facts["retrieved_at"] = source.get("retrieved_at")
-    manifest = _read_json(project_dir / layout.MANIFEST_REPORT)
+    manifest = read_json(project_dir / layout.MANIFEST_REPORT)
     if isinstance(manifest, Mapping):
         summary = manifest.get("summary") or {}
         quarantine = manifest.get("quarantine")
         facts["members"] = summary.get("members")
         facts["quarantined"] = summary.get("quarantined", len(quarantine) if isinstance(quarantine, list) else None)
-    splits = _read_json(project_dir / layout.SPLIT_REPORT)
+    splits = read_json(project_dir / layout.SPLIT_REPORT)
     if isinstance(splits, Mapping) and isinstance(splits.get("counts"), Mapping):
         facts["split_counts"] = splits["counts"]
     return {key: value for key, value in facts.items() if value is not None}

@@ -22,6 +22,7 @@ import numpy as np
 from cvpipe import layout
 from cvpipe.config import SPLITS, VARIANTS, ReportConfig
 from cvpipe.errors import CvpipeError
+from cvpipe.io import read_json
 from cvpipe.report.charts import bar_chart, histogram, line_chart
 from cvpipe.report.html import esc, image_grid, jpeg_data_uri, table, td, value_cell
 from cvpipe.report.verdicts import BOOK_AUGMENTED_ACCURACY, SCRATCH_AUG_NOTE, interval
@@ -62,13 +63,6 @@ class ReportInputs:
     def under(self, root: Path) -> ReportInputs:
         """The same paths, relative to ``root`` when they are relative."""
         return ReportInputs(**{name: Path(root) / value for name, value in self.__dict__.items()})
-
-
-def _json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 # -- metrics --------------------------------------------------------------------------------------------------
@@ -207,7 +201,7 @@ def curves_section(inputs: ReportInputs) -> str:
     """Loss and accuracy per epoch, train and val, for each trained variant."""
     figures = []
     for name in VARIANTS:
-        history = (_json(Path(inputs.train) / name / layout.HISTORY_NAME) or {}).get("history") or {}
+        history = (read_json(Path(inputs.train) / name / layout.HISTORY_NAME) or {}).get("history") or {}
         if not history:
             continue
         for metric in ("loss", "accuracy"):
@@ -238,7 +232,7 @@ def confusion_section(inputs: ReportInputs) -> str:
     parts = []
     for name in VARIANTS:
         folder = Path(inputs.plots) / name
-        data = _json(folder / layout.CONFUSION_MATRIX_NAME)
+        data = read_json(folder / layout.CONFUSION_MATRIX_NAME)
         if not data:
             continue
         labels, matrix = data["labels"], data["matrix"]
@@ -273,7 +267,7 @@ def _roc_points(path: Path) -> list[tuple[float, float]]:
 def data_section(inputs: ReportInputs, cfg: ReportConfig) -> str:
     """Source, manifest counts, image sizes, quarantine list, split counts and duplicates."""
     parts = []
-    source = _json(inputs.source) or {}
+    source = read_json(inputs.source) or {}
     archive = source.get("archive") or {}
     facts = [
         ("source", source.get("source")),
@@ -284,7 +278,7 @@ def data_section(inputs: ReportInputs, cfg: ReportConfig) -> str:
         ("retrieved", source.get("retrieved_at")),
     ]
     parts.append(table(["", ""], [[f"<th>{esc(k)}</th>", td(v)] for k, v in facts if v is not None], "facts"))
-    report = _json(inputs.manifest_report) or {}
+    report = read_json(inputs.manifest_report) or {}
     summary = report.get("summary") or {}
     if summary:
         counts = [
@@ -337,7 +331,7 @@ def _size_histogram(manifest_path: Path) -> str:
 
 
 def _split_summary(split_report: Path) -> str:
-    report = _json(split_report) or {}
+    report = read_json(split_report) or {}
     counts = report.get("counts") or {}
     if not counts and not report.get("error"):
         return "<p>No split yet.</p>"
@@ -430,7 +424,7 @@ def augmentation_section(inputs: ReportInputs, cfg: ReportConfig, classes: Seque
 
 def audit_section(inputs: ReportInputs, thumbnails: int) -> str:
     """The audit's verdict, counts, and the suspect pairs with their thumbnails."""
-    report = _json(Path(inputs.audit) / layout.REPORT_NAME)
+    report = read_json(Path(inputs.audit) / layout.REPORT_NAME)
     if not report:
         return "<p>No audit yet (run the audit stage).</p>"
     summary = report.get("summary") or {}

@@ -8,7 +8,6 @@ so instead of failing.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ import pandas as pd
 
 from cvpipe import layout
 from cvpipe.config import RANDOM_WEIGHTS
+from cvpipe.io import read_json
 from cvpipe.report.charts import line_chart
 from cvpipe.report.html import esc, image_grid, jpeg_data_uri, number, table, td, value_cell
 
@@ -49,10 +49,8 @@ def interval(values: Mapping[str, Any], key: str) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    data = read_json(path)
+    return data if isinstance(data, dict) else {}
 
 
 def _tiles(images_dir: Path, split: str, rows: Sequence[int]) -> list[np.ndarray] | None:

@@ -174,3 +174,12 @@ def test_cli_maps_a_full_disk_anywhere_to_exit_2_and_one_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: no space left on device writing {tmp_path / 'models' / 'm.keras'} (")
     assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_read_json_reads_a_file_and_gives_none_for_a_missing_or_corrupt_one(tmp_path: Path) -> None:
+    from cvpipe.io import read_json
+
+    (tmp_path / "ok.json").write_text('{"a": [1, 2]}')
+    (tmp_path / "bad.json").write_text("{not json")
+    assert read_json(tmp_path / "ok.json") == {"a": [1, 2]}
+    assert read_json(tmp_path / "bad.json") is None and read_json(tmp_path / "missing.json") is None
